@@ -1,0 +1,53 @@
+"""Backward rules, one small pure function each.
+
+A ReLU rule maps the gradient ``g`` arriving at a ReLU's output to the gradient it passes to the
+ReLU's input. ``gate`` is the ReLU's open region seen in the forward pass: ``x > 0`` for a ReLU,
+``lo < x < hi`` for a clipped ReLU (ReLU6, hardtanh).
+
+The pooling rule is shared by every method: max-pool backward is unpooling with the switches (the
+argmax indices) stored in the forward pass, scatter-*added* so that an input that wins several
+overlapping windows receives every window's gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def relu_gate(x: Tensor) -> Tensor:
+    """Open region of a ReLU: ``[x > 0]``."""
+    return x > 0
+
+
+def clipped_gate(x: Tensor, lo: float, hi: float) -> Tensor:
+    """Open region of a clipped ReLU (ReLU6, hardtanh): ``[lo < x < hi]``."""
+    return (x > lo) & (x < hi)
+
+
+def vanilla(g: Tensor, gate: Tensor) -> Tensor:
+    """Gradient (Simonyan et al., 2013): ``R = g · [x > 0]``."""
+    return torch.where(gate, g, 0.0)
+
+
+def deconvnet(g: Tensor, gate: Tensor) -> Tensor:
+    """DeconvNet (Zeiler & Fergus, 2014): ``R = max(g, 0)``; the forward sign is ignored."""
+    return g.clamp(min=0)
+
+
+def guided(g: Tensor, gate: Tensor) -> Tensor:
+    """Guided backpropagation (Springenberg et al., 2014): ``R = max(g, 0) · [x > 0]``."""
+    return torch.where(gate, g.clamp(min=0), 0.0)
+
+
+def unpool_max(g: Tensor, switches: Tensor, input_shape: torch.Size, dims: int) -> Tensor:
+    """Max-pool backward: ``R[switches[j]] += g[j]`` for every pooled output ``j``.
+
+    ``switches`` are the flat per-plane argmax indices stored by the forward pass
+    (``return_indices=True``), ``input_shape`` is the pooled tensor's shape and ``dims`` the number of
+    pooled (spatial) dimensions: 1, 2 or 3. Leading dimensions (batch, channels) are planes.
+    """
+    planes = input_shape[: len(input_shape) - dims]
+    r = g.new_zeros((*planes, torch.Size(input_shape[-dims:]).numel()))
+    r.scatter_add_(-1, switches.flatten(start_dim=len(planes)), g.flatten(start_dim=len(planes)))
+    return r.reshape(input_shape)
