@@ -27,8 +27,8 @@ class Explanation(Mapping[str, Tensor]):
 
     ``targets``: the class explained for each sample; ``logits``: the model's scores;
     ``activations``: non-ReLU activations the model ran (name -> calls), which DeconvNet and guided
-    backpropagation pass through as plain gradients; ``relu_calls``: ReLU calls the rules covered;
-    ``seconds``: wall time of the forward pass and of each method's backward pass.
+    backpropagation pass through as plain gradients; ``relu_calls`` / ``max_pool_calls``: calls the
+    rules covered; ``seconds``: wall time of the forward pass and of each method's backward pass.
     """
 
     maps: dict[str, Tensor]
@@ -36,6 +36,7 @@ class Explanation(Mapping[str, Tensor]):
     logits: Tensor
     activations: dict[str, int] = field(default_factory=dict)
     relu_calls: int = 0
+    max_pool_calls: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
 
@@ -88,7 +89,7 @@ def explain(model: nn.Module, inputs: Tensor, methods: str | Sequence[str] = MET
             maps[method.name] = grad
     return Explanation(maps=maps, targets=targets, logits=logits.detach(),
                        activations=dict(mode.other_activations), relu_calls=mode.relu_calls,
-                       seconds=seconds, warnings=notes)
+                       max_pool_calls=mode.max_pool_calls, seconds=seconds, warnings=notes)
 
 
 def _as_model_input(model: nn.Module, inputs: Tensor) -> Tensor:

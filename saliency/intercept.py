@@ -134,6 +134,7 @@ class RuleMode(TorchFunctionMode):
         super().__init__()
         self.selector = selector
         self.relu_calls = 0
+        self.max_pool_calls = 0
         self.other_activations: Counter[str] = Counter()
 
     def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
@@ -162,6 +163,7 @@ class RuleMode(TorchFunctionMode):
         x = a["input"]
         if not (torch.is_grad_enabled() and x.requires_grad):
             return func(*args, **kwargs)
+        self.max_pool_calls += 1
         stride = a["stride"] if a["stride"] not in (None, [], ()) else a["kernel_size"]
         y, switches = _MaxPoolWithSwitches.apply(
             x, dims, a["kernel_size"], stride, a["padding"], a["dilation"], bool(a["ceil_mode"]))

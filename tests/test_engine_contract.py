@@ -1,0 +1,113 @@
+"""The library contract: targets, batches, one forward pass, dtypes, clear errors."""
+
+import pytest
+import torch
+from torch import nn
+
+import saliency
+from saliency.errors import InputError, ModelOutputError, TargetError, UnknownMethodError
+from nets import SmallNet
+
+X = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return SmallNet().eval()
+
+
+def test_methods_registry_is_one_table():
+    assert saliency.METHODS == tuple(saliency.REGISTRY) == ("vanilla", "deconvnet", "guided")
+    for name, method in saliency.REGISTRY.items():
+        assert method.name == name and method.citation and method.summary
+
+
+def test_default_target_is_each_samples_top1(net):
+    result = saliency.explain(net, X)
+    assert torch.equal(result.targets, net(X).argmax(1))
+    assert set(result) == set(saliency.METHODS)
+    assert torch.allclose(result.probabilities.sum(1), torch.ones(4))
+
+
+def test_per_sample_targets_equal_one_sample_at_a_time(net):
+    targets = [4, 0, 2, 2]
+    batch = saliency.explain(net, X, methods="all", target=targets)
+    for i, t in enumerate(targets):
+        alone = saliency.explain(net, X[i:i + 1], methods="all", target=t)
+        for method in saliency.METHODS:
+            assert torch.allclose(batch[method][i], alone[method][0], atol=1e-6), (i, method)
+
+
+@pytest.mark.parametrize("target", [3, torch.tensor(3), [3, 3, 3, 3], torch.tensor([3, 3, 3, 3])])
+def test_target_spellings(net, target):
+    assert saliency.explain(net, X, "vanilla", target=target).targets.tolist() == [3, 3, 3, 3]
+
+
+@pytest.mark.parametrize(("target", "message"), [
+    (5, "out of range"), (-1, "out of range"), ([1, 2], "one class index or 4"), (1.5, "integers")])
+def test_bad_targets_are_clear_errors(net, target, message):
+    with pytest.raises(TargetError, match=message):
+        saliency.explain(net, X, "vanilla", target=target)
+
+
+@pytest.mark.parametrize(("inputs", "message"), [
+    (X.numpy(), "torch.Tensor"), (X.long(), "floating-point"), (torch.randn(16), r"\[batch"),
+    (torch.randn(0, 3, 16, 16), "batch >= 1")])
+def test_bad_inputs_are_clear_errors(net, inputs, message):
+    with pytest.raises(InputError, match=message):
+        saliency.explain(net, inputs)
+
+
+def test_unknown_method_names_the_choices(net):
+    with pytest.raises(UnknownMethodError, match="vanilla, deconvnet, guided"):
+        saliency.explain(net, X, methods=("guided", "lrp"))
+
+
+def test_model_output_must_be_class_scores():
+    with pytest.raises(ModelOutputError, match=r"\[batch=2, classes\]"):
+        saliency.explain(nn.Conv2d(3, 2, 3), torch.randn(2, 3, 8, 8))
+
+
+def test_several_methods_share_one_forward_pass(net):
+    calls = []
+    net_counting = nn.Sequential(net)
+    handle = net_counting.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        saliency.explain(net_counting, X, methods="all")
+    finally:
+        handle.remove()
+    assert len(calls) == 1
+
+
+def test_float64_model_and_input(net):
+    double = SmallNet().double().eval()
+    double.load_state_dict(net.state_dict())
+    x = X.double().requires_grad_()
+    (expected,) = torch.autograd.grad(double(x)[:, 1].sum(), x)
+    result = saliency.explain(double, X.double(), "vanilla", target=1)
+    assert result["vanilla"].dtype == torch.float64
+    assert torch.allclose(result["vanilla"], expected, rtol=1e-12, atol=0)
+
+
+def test_input_follows_the_model_dtype(net):
+    double = SmallNet().double().eval()
+    assert saliency.explain(double, X, "vanilla")["vanilla"].dtype == torch.float64
+
+
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_works_inside_no_grad_and_inference_mode(net, context):
+    expected = saliency.explain(net, X, "guided")["guided"]
+    with context():
+        assert torch.equal(saliency.explain(net, X, "guided")["guided"], expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu(net):
+    cpu = saliency.explain(net, X, methods="all", target=1)
+    gpu_net = SmallNet().cuda().eval()
+    gpu_net.load_state_dict(net.state_dict())
+    gpu = saliency.explain(gpu_net, X, methods="all", target=1)
+    for method in saliency.METHODS:
+        assert gpu[method].device.type == "cuda"
+        assert torch.allclose(gpu[method].cpu(), cpu[method], rtol=1e-3, atol=1e-3 * cpu[method].abs().max().item())
