@@ -1,0 +1,51 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from flask import Flask
+
+from saliency.api.config import Settings, load_settings
+from saliency.api.errors import register_error_handlers
+from saliency.api.metrics import Metrics
+from saliency.api.parsing import InMemoryRequest
+from saliency.api.state import EXTENSION, AppState
+from saliency.api.views import bp
+
+log = logging.getLogger("saliency.api")
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """A Flask app serving one model, loaded now and shared by all request threads.
+
+    Settings come from ``SALIENCY_*`` environment variables, overridden by ``config`` (keys are
+    :class:`~saliency.api.config.Settings` fields, e.g. ``{"model": "demo", "max_upload_mb": 2}``;
+    other keys, such as ``TESTING``, go to ``app.config``).
+    """
+    from saliency.models import load_model
+
+    settings = load_settings(config)
+    app = Flask(__name__, static_folder="static", static_url_path="/static")
+    app.request_class = InMemoryRequest
+    app.json.sort_keys = False
+    app.config.update({k: v for k, v in (config or {}).items() if k.isupper() and not k.startswith("SALIENCY_")})
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    model = load_model(settings.model, settings.weights)
+    log.info("serving model %s (%d classes), methods %s", model.name, len(model.labels), ", ".join(settings.methods))
+    metrics = Metrics()
+    app.extensions[EXTENSION] = AppState(settings=settings, model=model, metrics=metrics)
+    metrics.install(app)
+    register_error_handlers(app)
+    app.register_blueprint(bp)
+    return app
+
+
+def settings_of(app: Flask) -> Settings:
+    """The settings ``app`` was created with."""
+    return app.extensions[EXTENSION].settings

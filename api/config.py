@@ -1,0 +1,79 @@
+"""Service settings: defaults, overridden by ``SALIENCY_*`` environment variables, then by a mapping."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from saliency.methods import METHODS, resolve_methods
+
+ENV_PREFIX = "SALIENCY_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one app serves. Environment: ``SALIENCY_<FIELD>`` (e.g. ``SALIENCY_MAX_UPLOAD_MB=8``)."""
+
+    model: str = "demo"                 #: model name: "demo", a torchvision name, or "pkg.mod:factory"
+    weights: str | None = None          #: weights file for the model (None: the model's own default)
+    max_upload_mb: float = 16.0         #: largest request body accepted (larger: 413)
+    max_pixels: int = 40_000_000        #: largest decoded image accepted (width × height)
+    max_images: int = 16                #: most images in one request (one batch)
+    max_topk: int = 10                  #: most classes explained per image with ``topk``
+    methods: tuple[str, ...] = METHODS  #: methods this server offers (a subset of the registry)
+    default_method: str = "guided"      #: method used when a request names none (if offered)
+    threads: int = 4                    #: request threads per gunicorn worker
+    workers: int = 1                    #: gunicorn worker processes (each loads the model once)
+    torch_threads: int | None = None    #: torch intra-op threads per worker (None: torch's default)
+    timeout: int = 120                  #: seconds before gunicorn restarts a silent worker
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+def load_settings(config: Mapping[str, Any] | None = None,
+                  environ: Mapping[str, str] | None = None) -> Settings:
+    """Defaults, then ``SALIENCY_*`` variables from ``environ`` (default ``os.environ``), then ``config``.
+
+    ``config`` keys are field names in any case (``"model"`` or ``"MODEL"``) and may carry the prefix.
+    Raises ``ValueError`` naming the setting for a value that does not parse.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        raw = environ.get(ENV_PREFIX + f.name.upper())
+        if raw not in (None, ""):
+            values[f.name] = _parse(f.name, raw)
+    for key, value in (config or {}).items():
+        name = key.lower().removeprefix(ENV_PREFIX.lower())
+        if name not in {f.name for f in fields(Settings)}:
+            continue  # Flask settings (TESTING, ...) share the mapping
+        values[name] = _parse(name, value) if isinstance(value, str) else value
+    settings = replace(Settings(), **values)
+    offered = tuple(m.name for m in resolve_methods(list(settings.methods)))
+    default = settings.default_method if settings.default_method in offered else offered[0]
+    settings = replace(settings, methods=offered, default_method=default)
+    _check(settings)
+    return settings
+
+
+def _parse(name: str, raw: str) -> Any:
+    try:
+        if name in ("max_upload_mb",):
+            return float(raw)
+        if name in ("max_pixels", "max_images", "max_topk", "threads", "workers", "torch_threads", "timeout"):
+            return int(raw)
+    except ValueError:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()} must be a number, got {raw!r}") from None
+    if name == "methods":
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    return raw
+
+
+def _check(settings: Settings) -> None:
+    for name in ("max_upload_mb", "max_pixels", "max_images", "max_topk", "threads", "workers", "timeout"):
+        if getattr(settings, name) <= 0:
+            raise ValueError(f"{ENV_PREFIX}{name.upper()} must be positive, got {getattr(settings, name)}")

@@ -1,0 +1,86 @@
+"""The OpenAPI 3 document of the service, built from the method registry and render styles."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import saliency
+from saliency.api.config import Settings
+from saliency.api.parsing import FORMATS, RAW_FORMATS
+from saliency.render import STYLES
+
+ERROR = {"$ref": "#/components/responses/Error"}
+
+
+def openapi_document(settings: Settings) -> dict[str, Any]:
+    """OpenAPI 3.1 description of every route; a test checks it against the app's URL map."""
+    methods = list(settings.methods)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "saliency", "version": saliency.__version__,
+                 "description": "Saliency maps (vanilla gradient, DeconvNet, guided backpropagation) "
+                                "for a PyTorch image classifier."},
+        "paths": {
+            "/": {"get": _simple("The web page: upload an image and compare methods.", "text/html")},
+            "/static/{filename}": {"get": {
+                "summary": "Files the web page loads (script, style sheet).",
+                "parameters": [{"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "The file."}, "404": ERROR}}},
+            "/v1/explain": {"post": _explain(methods, settings)},
+            "/v1/models": {"get": _simple("Models this installation knows, and the one served.")},
+            "/v1/methods": {"get": _simple("Saliency methods offered, with citations, and render styles.")},
+            "/healthz": {"get": _simple("Liveness: the process answers.")},
+            "/readyz": {"get": {**_simple("Readiness: the model is loaded."), "responses": {
+                "200": {"description": "Ready.", "content": {"application/json": {"schema": {"type": "object"}}}},
+                "503": {"description": "The model is not loaded yet."}}}},
+            "/openapi.json": {"get": _simple("This document.")},
+            "/metrics": {"get": _simple("Prometheus metrics.", "text/plain")},
+        },
+        "components": {
+            "schemas": {"Error": {
+                "type": "object", "required": ["error", "detail"],
+                "properties": {"error": {"type": "string", "description": "A short code, e.g. unknown_method."},
+                               "detail": {"type": "string", "description": "What went wrong and what to do."}}}},
+            "responses": {"Error": {"description": "A request the server cannot serve.",
+                                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}},
+        },
+    }
+
+
+def _simple(summary: str, media: str = "application/json") -> dict[str, Any]:
+    schema = {"type": "object"} if media == "application/json" else {"type": "string"}
+    return {"summary": summary, "responses": {"200": {"description": "OK", "content": {media: {"schema": schema}}}}}
+
+
+def _explain(methods: list[str], settings: Settings) -> dict[str, Any]:
+    def query(name: str, schema: dict, description: str) -> dict[str, Any]:
+        return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+    return {
+        "summary": "Explain one image, or several as one batch.",
+        "description": "Send the image as multipart field `image` (repeat it for a batch) or as the raw body "
+                       "with an image/* Content-Type. Parameters go in the query string or the form.",
+        "parameters": [
+            query("method", {"type": "array", "items": {"type": "string", "enum": methods + ["all"]}},
+                  f"One or several methods (repeat or comma-separate), or 'all'. Default: {settings.default_method}."),
+            query("target", {"type": "string"}, "Class to explain: an index or a label. Default: each image's top class."),
+            query("topk", {"type": "integer", "minimum": 1, "maximum": settings.max_topk},
+                  "Explain each image's k most likely classes (instead of target)."),
+            query("style", {"type": "string", "enum": list(STYLES)}, "How maps are drawn."),
+            query("format", {"type": "string", "enum": list(FORMATS)},
+                  "json (default) or png (one image, one method, one class; prediction in X-Saliency-* headers)."),
+            query("raw", {"type": "string", "enum": list(RAW_FORMATS)}, "npy: also return each raw map as base64 .npy (float32)."),
+            query("alpha", {"type": "number", "minimum": 0, "maximum": 1}, "Heatmap weight of the overlay style."),
+            query("model", {"type": "string"}, "Must name the served model, if given."),
+        ],
+        "requestBody": {"required": True, "content": {
+            "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
+                "image": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
+            "image/*": {"schema": {"type": "string", "format": "binary"}}}},
+        "responses": {
+            "200": {"description": "The explanation.", "content": {
+                "application/json": {"schema": {"type": "object", "required": ["model", "results", "timing"]}},
+                "image/png": {"schema": {"type": "string", "format": "binary"}}}},
+            "400": ERROR, "404": ERROR, "413": ERROR, "415": ERROR, "422": ERROR,
+        },
+    }

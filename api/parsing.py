@@ -1,0 +1,163 @@
+"""Read an explain request (images and parameters) into an :class:`ExplainRequest`, or say what is wrong."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import IO
+
+from flask import Request
+
+from saliency.api.config import Settings
+from saliency.api.errors import RequestError, UnsupportedMediaError
+from saliency.errors import ImageError, UnknownMethodError, UnknownModelError
+from saliency.methods import resolve_methods
+from saliency.render import DEFAULT_ALPHA, DEFAULT_STYLE, STYLES
+
+FORMATS = ("json", "png")
+RAW_FORMATS = ("none", "npy")
+PARAMETERS = ("method", "target", "topk", "style", "format", "raw", "alpha", "model")
+
+
+class InMemoryRequest(Request):
+    """A request whose uploaded files stay in memory: nothing a client sends is written to disk."""
+
+    def _get_file_stream(self, total_content_length: int | None, content_type: str | None,
+                         filename: str | None = None, content_length: int | None = None) -> IO[bytes]:
+        return io.BytesIO()
+
+
+@dataclass(frozen=True)
+class ExplainRequest:
+    """One explain call: encoded images (one batch) and what to compute and return."""
+
+    images: tuple[bytes, ...]
+    names: tuple[str, ...]
+    methods: tuple[str, ...]
+    target: int | str | None = None
+    topk: int = 1
+    style: str = DEFAULT_STYLE
+    format: str = "json"
+    raw: str = "none"
+    alpha: float = DEFAULT_ALPHA
+
+
+def parse_explain_request(request: Request, settings: Settings, model_name: str) -> ExplainRequest:
+    """Images from multipart field(s) ``image`` or a raw image body; parameters from query or form."""
+    values = request.values
+    unknown = sorted(set(values) - set(PARAMETERS))
+    if unknown:
+        raise RequestError(f"unknown parameter {', '.join(map(repr, unknown))}; "
+                           f"this endpoint takes {', '.join(PARAMETERS)}")
+    model = _one(values, "model")
+    if model is not None and model != model_name:
+        raise UnknownModelError(f"this server serves the model {model_name!r}, not {model!r}; "
+                                "leave out 'model' or start a server with SALIENCY_MODEL set")
+    images, names = _images(request, settings)
+    target = _target(_one(values, "target"))
+    topk = _int(_one(values, "topk"), "topk", 1, settings.max_topk)
+    if target is not None and topk is not None:
+        raise RequestError("give either 'target' (the class to explain) or 'topk' (the k most likely classes), not both")
+    fmt = _choice(_one(values, "format"), "format", FORMATS, "json")
+    parsed = ExplainRequest(
+        images=images, names=names, methods=_methods(values.getlist("method"), settings),
+        target=target, topk=topk or 1, style=_choice(_one(values, "style"), "style", STYLES, DEFAULT_STYLE),
+        format=fmt, raw=_choice(_one(values, "raw"), "raw", RAW_FORMATS, "none"),
+        alpha=_float(_one(values, "alpha"), "alpha", 0.0, 1.0, DEFAULT_ALPHA))
+    if fmt == "png" and (len(parsed.images) > 1 or len(parsed.methods) > 1 or parsed.topk > 1):
+        raise RequestError(
+            f"format=png returns one picture: send one image, one method and one target "
+            f"(got {len(parsed.images)} images, methods {', '.join(parsed.methods)}, topk {parsed.topk}); "
+            "use format=json for more")
+    return parsed
+
+
+def _images(request: Request, settings: Settings) -> tuple[tuple[bytes, ...], tuple[str, ...]]:
+    mimetype = request.mimetype or ""
+    if mimetype.startswith("image/"):
+        data = request.get_data(cache=False)
+        if not data:
+            raise ImageError("the request body is empty; send the image bytes as the body")
+        return (data,), ("body",)
+    if mimetype not in ("multipart/form-data", "application/x-www-form-urlencoded", ""):
+        raise UnsupportedMediaError(
+            f"cannot read an image from a {mimetype} body; send multipart/form-data with a field "
+            "'image' (curl -F image=@photo.jpg) or the raw image with an image/* Content-Type")
+    files = request.files.getlist("image")
+    if not files:
+        raise RequestError("no image: send it as the multipart form field 'image' "
+                           "(curl -F image=@photo.jpg ...) or as a raw body with an image/* Content-Type")
+    if len(files) > settings.max_images:
+        raise RequestError(f"{len(files)} images in one request; this server takes at most {settings.max_images}")
+    images, names = [], []
+    for i, f in enumerate(files):
+        data = f.read()
+        name = f.filename or f"image {i}"
+        if not data:
+            raise ImageError(f"the uploaded file {name!r} is empty")
+        images.append(data)
+        names.append(name)
+    return tuple(images), tuple(names)
+
+
+def _one(values, name: str) -> str | None:
+    got = values.getlist(name)
+    if len(got) > 1:
+        raise RequestError(f"parameter {name!r} given {len(got)} times; give it once")
+    value = got[0].strip() if got else None
+    return value or None
+
+
+def _methods(raw: list[str], settings: Settings) -> tuple[str, ...]:
+    names = [part.strip() for item in raw for part in item.split(",") if part.strip()]
+    if not names:
+        return (settings.default_method,)
+    if "all" in names:
+        return settings.methods
+    chosen = tuple(m.name for m in resolve_methods(names))
+    refused = [n for n in chosen if n not in settings.methods]
+    if refused:
+        raise UnknownMethodError(f"method {', '.join(map(repr, refused))} is not offered by this server; "
+                                 f"choose from {', '.join(settings.methods)} or 'all'")
+    return chosen
+
+
+def _target(raw: str | None) -> int | str | None:
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        return raw
+
+
+def _int(raw: str | None, name: str, low: int, high: int) -> int | None:
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise RequestError(f"{name} must be a whole number from {low} to {high}, got {raw!r}") from None
+    if not low <= value <= high:
+        raise RequestError(f"{name} must be from {low} to {high}, got {value}")
+    return value
+
+
+def _float(raw: str | None, name: str, low: float, high: float, default: float) -> float:
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise RequestError(f"{name} must be a number from {low:g} to {high:g}, got {raw!r}") from None
+    if not low <= value <= high:
+        raise RequestError(f"{name} must be from {low:g} to {high:g}, got {value:g}")
+    return value
+
+
+def _choice(raw: str | None, name: str, allowed: tuple[str, ...], default: str) -> str:
+    if raw is None:
+        return default
+    if raw.lower() not in allowed:
+        raise RequestError(f"unknown {name} {raw!r}; choose from {', '.join(allowed)}")
+    return raw.lower()

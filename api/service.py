@@ -1,0 +1,186 @@
+"""The work behind ``POST /v1/explain``: decode → prepare → explain → render → encode, timed."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+import saliency
+from saliency.api.parsing import ExplainRequest
+from saliency.images import open_image
+from saliency.render import convention, render_batch, to_png
+
+TOP_PREDICTIONS = 5
+
+
+@dataclass
+class Timer:
+    """Seconds spent per stage; ``explain`` is the model's own time, the rest is service overhead."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    started: float = field(default_factory=time.perf_counter)
+
+    def stage(self, name: str) -> "_Stage":
+        return _Stage(self, name)
+
+    def report(self) -> dict[str, float]:
+        s = dict(self.seconds)
+        overhead = sum(v for k, v in s.items() if k in ("decode", "preprocess", "render", "encode"))
+        total = time.perf_counter() - self.started
+        return {**{k: round(v, 6) for k, v in s.items()}, "overhead": round(overhead, 6), "total": round(total, 6)}
+
+
+class _Stage:
+    def __init__(self, timer: Timer, name: str) -> None:
+        self.timer, self.name = timer, name
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.timer.seconds[self.name] += time.perf_counter() - self.start
+
+
+@dataclass
+class Picture:
+    """One rendered map: which image, class and method it explains, and its PNG."""
+
+    image: int
+    method: str
+    target: int
+    png: bytes
+    raw: np.ndarray
+
+
+@dataclass
+class Outcome:
+    """Everything a response needs."""
+
+    request: ExplainRequest
+    sizes: list[tuple[int, int]]
+    boxes: list[tuple[float, float, float, float]]
+    probabilities: torch.Tensor            # [B, classes]
+    targets: list[list[int]]               # per image: the classes explained, in order
+    pictures: list[Picture]
+    warnings: list[str]
+    activations: dict[str, int]
+    method_seconds: dict[str, float]
+    timer: Timer
+
+
+def run(model: Any, req: ExplainRequest, max_pixels: int) -> Outcome:
+    """Explain every image of ``req`` with ``model`` (a loaded model) as one batch per input size."""
+    timer = Timer()
+    with timer.stage("decode"):
+        images = [open_image(data, max_pixels=max_pixels) for data in req.images]
+    with timer.stage("preprocess"):
+        prepared = [model.prepare(image) for image in images]
+        fixed_target = None if req.target is None else model.class_index(req.target)
+    probabilities: list[torch.Tensor | None] = [None] * len(prepared)
+    targets: list[list[int]] = [[] for _ in prepared]
+    pictures: list[Picture] = []
+    notes: list[str] = []
+    activations: dict[str, int] = {}
+    method_seconds: dict[str, float] = defaultdict(float)
+    for indices in _groups_by_shape(prepared):
+        x = torch.cat([prepared[i].tensor for i in indices])
+        for rank in range(req.topk):
+            if rank and rank >= len(probabilities[indices[0]]):
+                break  # fewer classes than topk
+            target = _target_for(rank, fixed_target, indices, probabilities)
+            with timer.stage("explain"):
+                result = saliency.explain(model.module, x, methods=req.methods, target=target)
+            for k, v in result.seconds.items():
+                method_seconds[k] += v
+            notes += [w for w in result.warnings if w not in notes]
+            activations.update(result.activations)
+            for row, i in enumerate(indices):
+                if probabilities[i] is None:
+                    probabilities[i] = result.probabilities[row].detach().cpu()
+                targets[i].append(int(result.targets[row]))
+            for method in req.methods:
+                maps = result[method].detach().cpu()
+                with timer.stage("render"):
+                    rendered = render_batch(maps, req.style, [prepared[i] for i in indices], alpha=req.alpha)
+                with timer.stage("encode"):
+                    for row, i in enumerate(indices):
+                        pictures.append(Picture(i, method, int(result.targets[row]), to_png(rendered[row]),
+                                                maps[row].numpy()))
+    return Outcome(request=req, sizes=[im.size for im in images], boxes=[tuple(p.box) for p in prepared],
+                   probabilities=torch.stack(probabilities), targets=targets, pictures=pictures,
+                   warnings=notes, activations=activations, method_seconds=dict(method_seconds), timer=timer)
+
+
+def to_json(outcome: Outcome, model: Any) -> dict[str, Any]:
+    """The JSON body: per image, its predictions and, per explained class, one PNG data URI per method."""
+    req = outcome.request
+    labels = model.labels
+    timer = outcome.timer
+    results = []
+    with timer.stage("encode"):
+        for i, probs in enumerate(outcome.probabilities):
+            top = probs.topk(min(TOP_PREDICTIONS, len(probs)))
+            explanations = []
+            for target in outcome.targets[i]:
+                maps = {}
+                for p in outcome.pictures:
+                    if p.image == i and p.target == target:
+                        entry = {"png": "data:image/png;base64," + base64.b64encode(p.png).decode("ascii")}
+                        if req.raw == "npy":
+                            entry["npy"] = encode_npy(p.raw)
+                        maps[p.method] = entry
+                explanations.append({"target": _class(target, probs, labels), "maps": maps})
+            results.append({
+                "name": req.names[i], "width": outcome.sizes[i][0], "height": outcome.sizes[i][1],
+                "box": [float(v) for v in outcome.boxes[i]],
+                "predictions": [_class(int(c), probs, labels) for c in top.indices],
+                "explanations": explanations,
+            })
+    timing = timer.report()
+    return {
+        "model": model.name,
+        "methods": list(req.methods),
+        "style": req.style,
+        "convention": convention(req.style, alpha=req.alpha),
+        "attribution": "raw maps are the signed gradient-like attribution with respect to the model input "
+                       "(shape [channels, height, width] after preprocessing), float32",
+        "results": results,
+        "warnings": outcome.warnings,
+        "activations": outcome.activations,
+        "timing": {**timing, "methods": {k: round(v, 6) for k, v in outcome.method_seconds.items()}},
+    }
+
+
+def encode_npy(array: np.ndarray) -> str:
+    """Base64 of the ``.npy`` file of ``array`` (float32): ``np.load(io.BytesIO(base64.b64decode(s)))``."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _class(index: int, probabilities: torch.Tensor, labels: list[str]) -> dict[str, Any]:
+    label = labels[index] if 0 <= index < len(labels) else str(index)
+    return {"index": index, "label": label, "probability": round(float(probabilities[index]), 6)}
+
+
+def _groups_by_shape(prepared: list) -> list[list[int]]:
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, p in enumerate(prepared):
+        groups.setdefault(tuple(p.tensor.shape[1:]), []).append(i)
+    return list(groups.values())
+
+
+def _target_for(rank: int, fixed: int | None, indices: list[int],
+                probabilities: list[torch.Tensor | None]) -> int | list[int] | None:
+    if fixed is not None:
+        return fixed
+    if rank == 0:
+        return None
+    return [int(probabilities[i].topk(rank + 1).indices[rank]) for i in indices]

@@ -1,0 +1,25 @@
+"""What one app holds: its settings, its loaded model (shared by all request threads) and its metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from flask import current_app
+
+from saliency.api.config import Settings
+from saliency.api.metrics import Metrics
+
+EXTENSION = "saliency"
+
+
+@dataclass(frozen=True)
+class AppState:
+    settings: Settings
+    model: Any  # saliency.models.LoadedModel
+    metrics: Metrics
+
+
+def state() -> AppState:
+    """The state of the app handling the current request."""
+    return current_app.extensions[EXTENSION]

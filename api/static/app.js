@@ -1,0 +1,160 @@
+// The saliency web page: pick or drop an image, choose methods and a style, compare the maps.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { file: null, original: null, target: null };
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+function setStatus(message) { $("status").textContent = message; }
+
+async function getJSON(url) {
+  const response = await fetch(url);
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(body.detail || `${url}: HTTP ${response.status}`);
+  return body;
+}
+
+function choice(container, type, name, value, text, checked, title) {
+  const label = document.createElement("label");
+  const input = document.createElement("input");
+  Object.assign(input, { type, name, value, checked });
+  label.title = title || "";
+  label.append(input, " ", text);
+  container.append(label);
+}
+
+async function loadOptions() {
+  try {
+    const [methods, models] = await Promise.all([getJSON("v1/methods"), getJSON("v1/models")]);
+    for (const m of methods.methods) choice($("methods"), "checkbox", "method", m.name, m.title, true, `${m.summary}\n${m.citation}`);
+    methods.styles.forEach((s, i) => choice($("styles"), "radio", "style", s.name, s.name, i === 0, s.convention));
+    $("model-line").textContent = `Model: ${models.serving.name} (${models.serving.classes} classes). Drop an image to compare methods.`;
+  } catch (err) {
+    showError(`Cannot reach the service: ${err.message}`);
+  }
+}
+
+function selected(name) {
+  return [...document.querySelectorAll(`input[name=${name}]:checked`)].map((input) => input.value);
+}
+
+function pickFile(file) {
+  if (!file) return;
+  state.file = file;
+  state.target = null;
+  state.original = null;
+  const image = new Image();
+  image.onload = () => { state.original = image; };
+  image.src = URL.createObjectURL(file);
+  $("run").disabled = false;
+  explain();
+}
+
+async function explain() {
+  if (!state.file) return;
+  const methods = selected("method");
+  if (methods.length === 0) { showError("Choose at least one method."); return; }
+  showError("");
+  setStatus("Explaining…");
+  $("run").disabled = true;
+  const form = new FormData();
+  form.append("image", state.file, state.file.name || "image");
+  const query = new URLSearchParams({ method: methods.join(","), style: selected("style")[0] || "heatmap" });
+  if (state.target !== null) query.set("target", state.target);
+  try {
+    const response = await fetch(`v1/explain?${query}`, { method: "POST", body: form });
+    const body = await response.json().catch(() => ({ detail: `HTTP ${response.status}` }));
+    if (!response.ok) throw new Error(body.detail || `HTTP ${response.status}`);
+    await show(body);
+    setStatus(`Done in ${(body.timing.total ?? sum(body.timing)).toFixed(2)} s (model: ${body.timing.explain.toFixed(2)} s).`);
+  } catch (err) {
+    showError(err.message);
+    setStatus("");
+  } finally {
+    $("run").disabled = false;
+  }
+}
+
+function sum(timing) { return ["decode", "preprocess", "explain", "render", "encode"].reduce((s, k) => s + (timing[k] || 0), 0); }
+
+function whenLoaded(image) {
+  return image.complete && image.naturalWidth ? Promise.resolve() : new Promise((resolve, reject) => {
+    image.onload = resolve;
+    image.onerror = () => reject(new Error("the browser cannot display this image"));
+  });
+}
+
+function drawOriginal(canvas, box) {
+  const image = state.original;
+  if (!image) return;
+  const [left, top, right, bottom] = box || [0, 0, image.naturalWidth, image.naturalHeight];
+  canvas.width = right - left;
+  canvas.height = bottom - top;
+  canvas.getContext("2d").drawImage(image, left, top, right - left, bottom - top, 0, 0, canvas.width, canvas.height);
+}
+
+async function show(body) {
+  const result = body.results[0];
+  const explanation = result.explanations[0];
+  const list = $("prediction-list");
+  list.replaceChildren();
+  for (const p of result.predictions) {
+    const item = document.createElement("li");
+    item.textContent = `${p.label} — ${(100 * p.probability).toFixed(1)} %`;
+    item.dataset.index = p.index;
+    if (p.index === explanation.target.index) item.classList.add("explained");
+    item.addEventListener("click", () => { state.target = p.index; explain(); });
+    list.append(item);
+  }
+  $("predictions").hidden = false;
+
+  if (state.original) await whenLoaded(state.original).catch(() => {});
+  const gallery = $("gallery");
+  gallery.querySelectorAll(".map-panel").forEach((panel) => panel.remove());
+  drawOriginal($("original"), result.box);
+  const opacity = $("opacity").value;
+  for (const method of body.methods) {
+    const figure = document.createElement("figure");
+    figure.className = "panel map-panel";
+    figure.dataset.method = method;
+    const stack = document.createElement("div");
+    stack.className = "stack";
+    const base = document.createElement("canvas");
+    drawOriginal(base, body.style === "overlay" ? null : result.box);
+    const map = document.createElement("img");
+    map.className = "map";
+    map.alt = `${method} map`;
+    map.style.opacity = opacity;
+    map.src = explanation.maps[method].png;
+    stack.append(base, map);
+    const caption = document.createElement("figcaption");
+    caption.textContent = `${method} — class ${explanation.target.label}`;
+    figure.append(stack, caption);
+    gallery.append(figure);
+  }
+  gallery.hidden = false;
+  $("convention").textContent = `Convention: ${body.convention}`;
+  $("warnings").replaceChildren(...body.warnings.map((w) => Object.assign(document.createElement("li"), { textContent: w })));
+}
+
+function setUp() {
+  const drop = $("drop");
+  $("file").addEventListener("change", (event) => pickFile(event.target.files[0]));
+  drop.addEventListener("keydown", (event) => { if (event.key === "Enter" || event.key === " ") $("file").click(); });
+  for (const name of ["dragenter", "dragover"]) drop.addEventListener(name, (event) => { event.preventDefault(); drop.classList.add("over"); });
+  for (const name of ["dragleave", "drop"]) drop.addEventListener(name, () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (event) => { event.preventDefault(); pickFile(event.dataTransfer.files[0]); });
+  $("run").addEventListener("click", explain);
+  $("opacity").addEventListener("input", (event) => {
+    document.querySelectorAll("img.map").forEach((img) => { img.style.opacity = event.target.value; });
+  });
+  document.addEventListener("change", (event) => { if (["method", "style"].includes(event.target.name)) explain(); });
+  loadOptions();
+}
+
+setUp();

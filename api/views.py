@@ -1,0 +1,117 @@
+"""Routes: thin views that parse, call the library, and shape the response."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+import saliency
+from saliency.api.openapi import openapi_document
+from saliency.api.parsing import parse_explain_request
+from saliency.api.service import run, to_json
+from saliency.api.state import state
+
+bp = Blueprint("saliency", __name__)
+
+
+@bp.get("/")
+def index() -> Response:
+    """The web page."""
+    return current_app.send_static_file("index.html")
+
+
+@bp.post("/v1/explain")
+def explain() -> Response:
+    s = state()
+    req = parse_explain_request(request, s.settings, s.model.name)
+    outcome = run(s.model, req, s.settings.max_pixels)
+    s.metrics.observe_explanation(outcome.method_seconds, len(req.images))
+    if req.format == "png":
+        return _png_response(outcome, s.model)
+    body = to_json(outcome, s.model)
+    response = jsonify(body)
+    response.headers["Server-Timing"] = _server_timing(body["timing"])
+    return response
+
+
+@bp.get("/v1/models")
+def models() -> Response:
+    s = state()
+    from saliency.models import available_models
+
+    entries = [{"name": m.name, "description": m.description, "loaded": m.name == s.model.name}
+               for m in available_models()]
+    if not any(e["loaded"] for e in entries):
+        entries.insert(0, {"name": s.model.name, "description": "the model this server was started with",
+                           "loaded": True})
+    return jsonify(serving={"name": s.model.name, "classes": len(s.model.labels)}, models=entries)
+
+
+@bp.get("/v1/methods")
+def methods() -> Response:
+    s = state()
+    offered = [saliency.REGISTRY[name] for name in s.settings.methods]
+    from saliency.render import STYLES, convention
+
+    return jsonify(
+        default=s.settings.default_method,
+        methods=[{"name": m.name, "title": m.title, "summary": m.summary, "citation": m.citation,
+                  "needs_relu": m.needs_relu} for m in offered],
+        styles=[{"name": style, "convention": convention(style)} for style in STYLES])
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    s = state()
+    ready = s.model is not None
+    response = jsonify(status="ready" if ready else "loading", model=s.model.name if ready else None)
+    response.status_code = 200 if ready else 503
+    return response
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    return jsonify(openapi_document(state().settings))
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    return state().metrics.exposition()
+
+
+def _png_response(outcome, model) -> Response:
+    picture = outcome.pictures[0]
+    probability = float(outcome.probabilities[0][picture.target])
+    label = model.labels[picture.target] if picture.target < len(model.labels) else str(picture.target)
+    response = Response(picture.png, mimetype="image/png")
+    timing = outcome.timer.report()
+    response.headers.update({
+        "X-Saliency-Model": quote(model.name, safe=""),
+        "X-Saliency-Method": picture.method,
+        "X-Saliency-Target": str(picture.target),
+        "X-Saliency-Label": quote(label, safe=" "),
+        "X-Saliency-Probability": f"{probability:.6f}",
+        "X-Saliency-Style": outcome.request.style,
+        "X-Saliency-Convention": quote(convention_text(outcome), safe=" ,;:()/=·[]+-.'"),
+        "Server-Timing": _server_timing(timing),
+    })
+    if outcome.warnings:
+        response.headers["X-Saliency-Warnings"] = quote(" | ".join(outcome.warnings), safe=" ,;:()/=×'")
+    return response
+
+
+def convention_text(outcome) -> str:
+    from saliency.render import convention
+
+    return convention(outcome.request.style, alpha=outcome.request.alpha)
+
+
+def _server_timing(timing: dict) -> str:
+    return ", ".join(f"{name};dur={seconds * 1000:.2f}" for name, seconds in timing.items()
+                     if isinstance(seconds, float))
