@@ -1,0 +1,446 @@
+"""The ``saliency`` command: explain images, compare methods, list models, serve, train the demo."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import re
+import sys
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from saliency import __version__
+from saliency.errors import ImageError, SaliencyError, TargetError
+
+PROG = "saliency"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+DEFAULT_OUT = "saliency-maps"
+TOP_PREDICTIONS = 3
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            from saliency.errors import UnsupportedActivationWarning
+
+            warnings.simplefilter("ignore", UnsupportedActivationWarning)  # reported from Explanation.warnings
+            return args.run(args) or 0
+    except SaliencyError as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        where = f" {exc.filename!r}" if exc.filename else ""
+        return _fail(f"cannot write{where}: {exc.strerror or exc}; choose another --out")
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the whole command, subcommands included."""
+    from saliency.methods import METHODS
+
+    parser = argparse.ArgumentParser(
+        prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Saliency maps for PyTorch image classifiers: "
+                    f"{', '.join(METHODS)} (default model: the bundled demo, works offline).",
+        epilog=_examples("saliency explain examples/star.png",
+                         "saliency compare examples/star.png --out compare.png",
+                         "saliency models",
+                         "saliency serve --port 8000",
+                         "saliency COMMAND --help"))
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    _add_explain(commands)
+    _add_compare(commands)
+    _add_models(commands)
+    _add_serve(commands)
+    _add_train_demo(commands)
+    return parser
+
+
+# --- explain -----------------------------------------------------------------------------------
+
+def _add_explain(commands: argparse._SubParsersAction) -> None:
+    p = _command(commands, "explain", run_explain,
+                 "write one saliency PNG per image x method x target class",
+                 "saliency explain examples/star.png",
+                 "saliency explain examples/ --method guided --style overlay --out maps/",
+                 "saliency explain 'photos/*.jpg' --model resnet50 --topk 3",
+                 "saliency explain cat.png --model my_pkg.nets:build --weights net.pt --target 3")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files, folders (their images; *.mask.* files skipped) or glob patterns")
+    _add_model_options(p)
+    p.add_argument("--method", default="all", metavar="NAMES",
+                   help=f"{', '.join(_methods())} or all; several separated by commas (default: all)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--target", action="append", metavar="CLASS",
+                       help="class to explain, by label or index; repeat for several (default: the top-1 class)")
+    which.add_argument("--topk", type=_positive_int, metavar="K",
+                       help="explain each image's K most probable classes")
+    _add_render_options(p, default_style="heatmap")
+    p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
+                   help=f"folder for the PNG files (default: {DEFAULT_OUT})")
+    p.add_argument("--batch-size", type=_positive_int, default=8, metavar="N",
+                   help="images per forward pass (default: 8)")
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    """``saliency explain``: returns 1 if any image could not be explained."""
+    import torch
+    from tqdm import tqdm
+
+    from saliency.engine import explain
+    from saliency.images import open_image
+    from saliency.methods import resolve_methods
+    from saliency.render import render_batch, save_png
+
+    paths = expand_images(args.images)
+    methods = [m.name for m in resolve_methods(_split(args.method))]
+    style = _render_kwargs(args)
+    loaded = _load_model(args)
+    fixed_targets = [loaded.class_index(_class_arg(t)) for t in args.target or []]
+    topk = args.topk or 1
+    if topk > len(loaded.labels):
+        raise TargetError(f"--topk {topk} is more than the {len(loaded.labels)} classes of model "
+                          f"{loaded.name!r}; use at most {len(loaded.labels)}")
+    out_dir = Path(args.out)
+    names = _OutputNames()
+    failures, written, notes = 0, 0, dict()
+    progress = tqdm(total=len(paths), unit="image", file=sys.stderr, disable=len(paths) < 2, leave=False)
+    for chunk in _chunks(paths, args.batch_size):
+        prepared, kept = [], []
+        for path in chunk:
+            try:
+                prepared.append(loaded.prepare(open_image(path)))
+                kept.append(path)
+            except ImageError as exc:
+                failures += 1
+                progress.write(f"{PROG}: error: {exc}", file=sys.stderr)
+                progress.update(1)
+        if not kept:
+            continue
+        x = torch.cat([p.tensor for p in prepared])
+        first = explain(loaded.module, x, methods, target=fixed_targets[0] if fixed_targets else None)
+        results = [first]
+        if fixed_targets:
+            results += [explain(loaded.module, x, methods, target=t) for t in fixed_targets[1:]]
+        elif topk > 1:
+            ranked = first.logits.topk(topk, dim=1).indices
+            results += [explain(loaded.module, x, methods, target=ranked[:, k]) for k in range(1, topk)]
+        notes.update(dict.fromkeys(first.warnings))
+        files: list[list[Path]] = [[] for _ in kept]
+        for result in results:
+            for method in methods:
+                pictures = render_batch(result[method], prepared=prepared, **style)
+                for i, picture in enumerate(pictures):
+                    label = loaded.labels[int(result.targets[i])]
+                    target = out_dir / names.take(f"{kept[i].stem}-{method}-{_slug(label)}.png")
+                    save_png(picture, target, {"method": method, "target": label, "model": loaded.name})
+                    files[i].append(target)
+                    written += 1
+        for i, path in enumerate(kept):
+            progress.write(f"{path}: {_predictions(first.probabilities[i], loaded.labels)}")
+            for target in files[i]:
+                progress.write(f"  -> {target}")
+            progress.update(1)
+    progress.close()
+    for note in notes:
+        print(f"{PROG}: warning: {note}", file=sys.stderr)
+    print(f"wrote {written} file{'s' * (written != 1)} to {out_dir}/ "
+          f"({style['style']}: {_convention(style)})")
+    if failures:
+        return _fail(f"{failures} of {len(paths)} images could not be read (see above)")
+    return 0
+
+
+# --- compare -----------------------------------------------------------------------------------
+
+def _add_compare(commands: argparse._SubParsersAction) -> None:
+    p = _command(commands, "compare", run_compare,
+                 "one figure with the input and each method's map side by side, and a similarity table",
+                 "saliency compare examples/star.png",
+                 "saliency compare examples/star.png --methods vanilla,guided --style heatmap --out grid.png",
+                 "saliency compare dog.jpg --model resnet50 --target 207")
+    p.add_argument("image", metavar="IMAGE", help="one image file")
+    _add_model_options(p)
+    p.add_argument("--methods", default="all", metavar="NAMES",
+                   help=f"{', '.join(_methods())} or all, separated by commas (default: all)")
+    p.add_argument("--target", metavar="CLASS", help="class to explain, by label or index (default: the top-1 class)")
+    _add_render_options(p, default_style="overlay")
+    p.add_argument("--out", metavar="FILE", help="where to write the figure (default: IMAGE-STEM-compare.png)")
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    """``saliency compare``: the figure, and a table of times and similarities on stdout."""
+    from saliency.compare import SIMILARITY, Panel, comparison_figure, figure_png, format_table, similarities
+    from saliency.engine import explain
+    from saliency.images import open_image
+    from saliency.methods import REGISTRY, resolve_methods
+    from saliency.render import render_batch, write_atomic
+
+    path = Path(args.image)
+    methods = [m.name for m in resolve_methods(_split(args.methods))]
+    style = _render_kwargs(args)
+    image = open_image(path)
+    loaded = _load_model(args)
+    target = loaded.class_index(_class_arg(args.target)) if args.target is not None else None
+    prepared = loaded.prepare(image)
+    result = explain(loaded.module, prepared.tensor, methods, target=target)
+    index = int(result.targets[0])
+    label, probability = loaded.labels[index], float(result.probabilities[0, index])
+    original = prepared.image if style["style"] == "overlay" else prepared.image.crop(prepared.box)
+    panels = [Panel(original, "Input", f"{image.width}×{image.height} px")]
+    for method in methods:
+        (picture,) = render_batch(result[method], prepared=[prepared], **style)
+        panels.append(Panel(picture, REGISTRY[method].title, f"{method} · {result.seconds[method] * 1000:.0f} ms"))
+    figure = comparison_figure(
+        panels, title=f"{path.name} · model {loaded.name} · target: {label} (class {index}, p = {probability:.2f})",
+        footnote=f"{_convention(style)}")
+    out = Path(args.out) if args.out else Path(f"{path.stem}-compare.png")
+    write_atomic(out, figure_png(figure))
+    print(f"{path}: {_predictions(result.probabilities[0], loaded.labels)}")
+    print(f"target: {label} (class {index}) · forward pass {result.seconds['forward'] * 1000:.1f} ms\n")
+    print(format_table(methods, result.seconds, similarities({m: result[m][0] for m in methods})))
+    print(f"\ntime: backward pass per method; ~NAME: {SIMILARITY}")
+    for note in result.warnings:
+        print(f"{PROG}: warning: {note}", file=sys.stderr)
+    print(f"wrote {out}")
+    return 0
+
+
+# --- models, serve, train-demo -----------------------------------------------------------------
+
+def _add_models(commands: argparse._SubParsersAction) -> None:
+    _command(commands, "models", run_models, "list the models that can be explained", "saliency models")
+
+
+def run_models(args: argparse.Namespace) -> int:
+    """``saliency models``: registered models, then the other ways to name one."""
+    from saliency.models import available_models
+
+    entries = list(available_models())
+    width = max([len(e.name) for e in entries] + [4])
+    for entry in entries:
+        print(f"{entry.name.ljust(width)}  {entry.description}")
+    print("\nAlso: any torchvision classifier by name (e.g. resnet50; its weights must be downloadable "
+          "or cached), or your own as pkg.module:factory with --weights FILE.")
+    return 0
+
+
+def _add_serve(commands: argparse._SubParsersAction) -> None:
+    p = _command(commands, "serve", run_serve, "run the HTTP service (JSON API and web page)",
+                 "saliency serve", "saliency serve --host 0.0.0.0 --port 8080 --workers 2 --threads 4",
+                 "saliency serve --dev --model resnet50")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=8000, help="port (default: 8000)")
+    p.add_argument("--workers", type=_positive_int, metavar="N", help="worker processes (default: from settings)")
+    p.add_argument("--threads", type=_positive_int, metavar="N", help="threads per worker (default: from settings)")
+    p.add_argument("--dev", action="store_true", help="Flask's development server instead of gunicorn")
+    _add_model_options(p, default=None)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """``saliency serve``: hands over to the service until interrupted."""
+    try:
+        from saliency.api import serve
+    except ImportError as exc:
+        raise SaliencyError(f"the HTTP service is not available in this installation ({exc}); "
+                            "reinstall with pip install -e .") from exc
+    serve(host=args.host, port=args.port, workers=args.workers, threads=args.threads, dev=args.dev,
+          model=args.model, weights=args.weights)
+    return 0
+
+
+def _add_train_demo(commands: argparse._SubParsersAction) -> None:
+    _command(commands, "train-demo", run_train_demo,
+             "retrain the bundled demo model on generated shapes (CPU, a few minutes)",
+             "saliency train-demo")
+
+
+def run_train_demo(args: argparse.Namespace) -> int:
+    """``saliency train-demo``: the models package's trainer, with its own report."""
+    from saliency.models import train_demo
+
+    result = train_demo()
+    if result is not None:
+        print(result)
+    return 0
+
+
+# --- shared pieces -----------------------------------------------------------------------------
+
+def expand_images(arguments: Sequence[str]) -> list[Path]:
+    """Image paths from files, folders (their image files, sorted) and glob patterns, no repeats."""
+    found: dict[Path, None] = {}
+    for arg in arguments:
+        if glob.has_magic(arg) and not os.path.exists(arg):
+            matches = sorted(glob.glob(arg, recursive=True))
+            if not matches:
+                raise ImageError(f"no file matches {arg!r}; check the pattern")
+            candidates = [Path(m) for m in matches]
+        else:
+            candidates = [Path(arg)]
+        for path in candidates:
+            if path.is_dir():
+                inside = [f for f in sorted(path.iterdir()) if _looks_like_image(f)]
+                if not inside and len(candidates) == 1:
+                    raise ImageError(f"folder '{path}' holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+                found.update(dict.fromkeys(inside))
+            elif not path.exists():
+                raise ImageError(f"image file '{path}' does not exist; check the path")
+            elif path.is_file():
+                found[path] = None
+    if not found:
+        raise ImageError("no image files found; pass files, folders or patterns such as 'photos/*.jpg'")
+    return list(found)
+
+
+class _OutputNames:
+    """Unique file names: a second ``x.png`` becomes ``x-2.png``."""
+
+    def __init__(self) -> None:
+        self.used: set[str] = set()
+
+    def take(self, name: str) -> str:
+        stem, suffix = os.path.splitext(name)
+        candidate, n = name, 1
+        while candidate in self.used:
+            n += 1
+            candidate = f"{stem}-{n}{suffix}"
+        self.used.add(candidate)
+        return candidate
+
+
+def _command(commands: argparse._SubParsersAction, name: str, run: Callable[[argparse.Namespace], int],
+             summary: str, *examples: str) -> argparse.ArgumentParser:
+    p = commands.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".",
+                            epilog=_examples(*examples), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(run=run)
+    return p
+
+
+def _add_model_options(p: argparse.ArgumentParser, default: str | None = "demo") -> None:
+    shown = default or "the service's setting, demo unless configured"
+    p.add_argument("--model", default=default, metavar="NAME",
+                   help=f"demo, a torchvision name (resnet50) or pkg.module:factory (default: {shown}); "
+                        "see 'saliency models'")
+    p.add_argument("--weights", metavar="FILE", help="a state_dict / checkpoint file for the model")
+
+
+def _add_render_options(p: argparse.ArgumentParser, default_style: str) -> None:
+    from saliency.render import DEFAULT_ALPHA, DEFAULT_CMAP, DEFAULT_PERCENTILE, STYLES
+
+    p.add_argument("--style", choices=STYLES, default=default_style,
+                   help=f"heatmap: |attribution| colour-mapped; overlay: heatmap over the image; "
+                        f"rgb: signed attribution as colours (default: {default_style})")
+    p.add_argument("--alpha", type=_fraction, default=DEFAULT_ALPHA,
+                   help=f"heatmap opacity for --style overlay, 0..1 (default: {DEFAULT_ALPHA:g})")
+    p.add_argument("--cmap", default=DEFAULT_CMAP, help=f"matplotlib colormap (default: {DEFAULT_CMAP})")
+    p.add_argument("--percentile", type=_percentile, default=DEFAULT_PERCENTILE,
+                   help=f"clip maps at this percentile of |attribution| (default: {DEFAULT_PERCENTILE:g})")
+
+
+def _render_kwargs(args: argparse.Namespace) -> dict:
+    from saliency.render import colorize
+
+    colorize([0.0], args.cmap)  # an unknown colormap fails here, before any work
+    return {"style": args.style, "alpha": args.alpha, "cmap": args.cmap, "percentile": args.percentile}
+
+
+def _convention(style: dict) -> str:
+    from saliency.render import convention
+
+    return convention(style["style"], percentile=style["percentile"], cmap=style["cmap"], alpha=style["alpha"])
+
+
+def _load_model(args: argparse.Namespace):
+    from saliency.models import load_model
+
+    return load_model(args.model, weights=args.weights)
+
+
+def _predictions(probabilities, labels: Sequence[str]) -> str:
+    k = min(TOP_PREDICTIONS, len(labels))
+    values, indices = probabilities.topk(k)
+    return ", ".join(f"{labels[int(i)]} {float(v):.1%}" for v, i in zip(values, indices))
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _methods() -> tuple[str, ...]:
+    from saliency.methods import METHODS
+
+    return METHODS
+
+
+def _split(names: str) -> list[str]:
+    return [n.strip() for n in names.split(",") if n.strip()]
+
+
+def _class_arg(value: str) -> str | int:
+    return int(value) if re.fullmatch(r"[+-]?\d+", value.strip()) else value
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_") or "class"
+
+
+def _looks_like_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and ".mask." not in path.name
+
+
+def _chunks(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _fail(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 1
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is at most 65535, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value:g}")
+    return value
+
+
+def _percentile(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a percentile in (0, 100], got {text!r}") from None
+    if not 0.0 < value <= 100.0:
+        raise argparse.ArgumentTypeError(f"expected a percentile in (0, 100], got {value:g}")
+    return value
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
