@@ -73,7 +73,7 @@ def register_error_handlers(app: Flask) -> None:
         detail = exc.description or exc.name
         if exc.code == 413:
             limit = app.config.get("MAX_CONTENT_LENGTH")
-            detail = f"the upload is larger than this server accepts ({limit / 1024 / 1024:g} MB); send a smaller image"
+            detail = f"the upload is larger than this server accepts ({limit / 1024 / 1024:.3g} MB); send a smaller image"
         response = error_response(error_code(exc), detail, exc.code or 500)
         if exc.code == 405 and exc.valid_methods:
             response.headers["Allow"] = ", ".join(exc.valid_methods)
