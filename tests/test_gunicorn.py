@@ -1,0 +1,139 @@
+"""A real gunicorn on 127.0.0.1: one model shared by 8 threads, hit by 8 concurrent clients."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+CLIENTS = 8
+METHOD_MIXES = ("vanilla", "deconvnet", "guided", "vanilla,guided", "all")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(command: list[str], port: int, log_path: Path, env: dict[str, str] | None = None,
+                   startup_s: float = 120.0):
+    """Start ``command`` (a server on ``port``), wait until ``/readyz`` answers, stop it afterwards."""
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **(env or {})})
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + startup_s
+            while True:
+                if process.poll() is not None:
+                    pytest.fail(f"the server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+                with contextlib.suppress(requests.ConnectionError):
+                    if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    pytest.fail(f"the server did not become ready:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.2)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def serve_command(port: int, workers: int = 1, threads: int = CLIENTS) -> list[str]:
+    """``saliency.api.serve`` (gunicorn, gthread workers) on ``port`` with the demo model."""
+    return [sys.executable, "-c",
+            f"from saliency.api import serve; serve('127.0.0.1', {port}, workers={workers}, "
+            f"threads={threads}, model='demo')"]
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("gunicorn") / "server.log"
+    with running_server(serve_command(port), port, log) as url:
+        yield url
+
+
+def images() -> list[bytes]:
+    rng = np.random.default_rng(0)
+    out = []
+    for size in ((64, 64), (90, 70), (40, 120), (128, 96)):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(buffer, "PNG")
+        out.append(buffer.getvalue())
+    return out
+
+
+def explain(url: str, image: bytes, methods: str) -> dict:
+    response = requests.post(f"{url}/v1/explain", params={"method": methods, "raw": "npy"},
+                             files={"image": ("image.png", image, "image/png")}, timeout=120)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def essence(body: dict) -> tuple:
+    """What must not depend on concurrency: predictions, targets and every raw map."""
+    result = body["results"][0]
+    (explanation,) = result["explanations"]
+    maps = {m: np.load(io.BytesIO(base64.b64decode(v["npy"]))) for m, v in explanation["maps"].items()}
+    return result["predictions"], explanation["target"], maps
+
+
+def test_concurrent_mixed_requests_equal_serial_results(live_server):
+    pictures = images()
+    jobs = [(i, methods) for i in range(len(pictures)) for methods in METHOD_MIXES]
+    serial = {job: essence(explain(live_server, pictures[job[0]], job[1])) for job in jobs}
+    concurrent_jobs = jobs * 2
+    random.Random(0).shuffle(concurrent_jobs)
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        answers = list(pool.map(lambda job: (job, essence(explain(live_server, pictures[job[0]], job[1]))),
+                                concurrent_jobs))
+    assert len(answers) == len(concurrent_jobs)
+    for job, (predictions, target, maps) in answers:
+        want_predictions, want_target, want_maps = serial[job]
+        assert predictions == want_predictions and target == want_target, job
+        assert maps.keys() == want_maps.keys(), job
+        for method in maps:
+            np.testing.assert_allclose(maps[method], want_maps[method], rtol=1e-5, atol=1e-7,
+                                       err_msg=f"{job}: {method}")
+    guided = [a for a in answers if a[0][1] == "all"][0][1][2]
+    assert not np.allclose(guided["guided"], guided["vanilla"])  # the methods really differ
+
+
+def test_served_errors_and_metrics(live_server):
+    response = requests.post(f"{live_server}/v1/explain", files={"image": ("x.png", b"not a picture")}, timeout=30)
+    assert response.status_code == 400 and response.json()["error"] == "invalid_image"
+    png = requests.post(f"{live_server}/v1/explain", params={"format": "png"},
+                        files={"image": ("a.png", images()[0])}, timeout=60)
+    assert png.status_code == 200 and png.headers["Content-Type"] == "image/png"
+    assert png.headers["X-Saliency-Label"]
+    metrics = requests.get(f"{live_server}/metrics", timeout=10).text
+    assert 'saliency_http_errors_total{error="invalid_image",route="/v1/explain"}' in metrics
+
+
+def test_wsgi_entry_point_under_the_gunicorn_command(tmp_path):
+    port = free_port()
+    command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--threads", "2",
+               "saliency.api.wsgi:app"]
+    with running_server(command, port, tmp_path / "wsgi.log", env={"SALIENCY_MODEL": "demo"}) as url:
+        assert requests.get(f"{url}/v1/models", timeout=10).json()["serving"]["name"] == "demo"
+        assert explain(url, images()[1], "guided")["methods"] == ["guided"]
