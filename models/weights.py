@@ -1,0 +1,99 @@
+"""Reading state dicts safely and fitting them to a model, with errors that say what to do."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from saliency.errors import WeightsError
+
+RANDOM = "random"
+"""``weights="random"``: keep the architecture's random initialisation (tests, benchmarks)."""
+OFFLINE_ENV = "SALIENCY_OFFLINE"
+"""Set to 1 (or true/yes) to forbid weight downloads."""
+
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
+
+
+def downloads_allowed(download: bool | None = None) -> bool:
+    """``download`` when given, otherwise true unless :data:`OFFLINE_ENV` is set."""
+    if download is not None:
+        return bool(download)
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("1", "true", "yes", "on")
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    """The tensors in the file at ``path``, loaded with ``weights_only=True`` onto the CPU.
+
+    Accepts a plain state dict, a checkpoint that wraps one (``{"state_dict": ...}``,
+    ``{"model": ...}``), and keys prefixed by ``module.`` (saved from DataParallel).
+    """
+    file = Path(path)
+    if not file.is_file():
+        where = "is a folder" if file.is_dir() else "does not exist"
+        raise WeightsError(f"weights file '{file}' {where}; pass the path of a saved state dict")
+    try:
+        loaded = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise WeightsError(
+            f"weights file '{file}' holds Python objects that are not loaded for safety "
+            "(torch.load with weights_only=True refused it); save torch.save(model.state_dict(), path) "
+            "instead") from exc
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise WeightsError(f"cannot read weights file '{file}' ({exc}); is it a file saved by "
+                           "torch.save and complete?") from exc
+    state = _unwrap(loaded)
+    if state is None:
+        raise WeightsError(f"weights file '{file}' does not hold a state dict (found "
+                           f"{type(loaded).__name__}); save torch.save(model.state_dict(), path)")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _unwrap(loaded: object) -> dict[str, Tensor] | None:
+    if isinstance(loaded, Mapping):
+        if loaded and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in loaded.items()):
+            return dict(loaded)
+        for key in _WRAPPER_KEYS:
+            inner = loaded.get(key)
+            if isinstance(inner, Mapping):
+                return _unwrap(inner)
+    return None
+
+
+def apply_state_dict(module: nn.Module, state: Mapping[str, Tensor], *, source: str, model: str) -> None:
+    """Load ``state`` into ``module`` strictly; a mismatch raises :class:`WeightsError` saying where."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or mismatched:
+        problems = []
+        if mismatched:
+            k = mismatched[0]
+            problems.append(f"shape of {k} is {list(state[k].shape)} in the file but {list(own[k].shape)} "
+                            f"in the model ({len(mismatched)} such)")
+        if missing:
+            problems.append(f"{len(missing)} missing key(s) ({_few(missing)})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected key(s) ({_few(unexpected)})")
+        hint = ("; a different number of classes? pass the labels file that goes with the weights"
+                if mismatched and _looks_like_head(mismatched[0]) else
+                "; are these weights for this architecture?")
+        raise WeightsError(f"weights {source} do not fit model '{model}': " + "; ".join(problems) + hint)
+    module.load_state_dict(state, strict=True)
+
+
+def _few(keys: list[str]) -> str:
+    return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+
+
+def _looks_like_head(key: str) -> bool:
+    return bool(re.search(r"(^|\.)(fc|classifier|head|heads|last_linear|linear)(\.|$)", key))
