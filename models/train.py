@@ -45,14 +45,15 @@ class TrainResult:
 def train_demo(out_path: str | os.PathLike | None = WEIGHTS_PATH, *, steps: int = 1500,
                batch_size: int = 64, train_images: int = 20_000, test_images: int = 2000,
                seed: int = 0, learning_rate: float = 3e-3, threads: int | None = 2,
-               widths: tuple[int, ...] | None = None,
+               widths: tuple[int, ...] | None = None, eval_every: int | None = None,
                log: Callable[[str], None] | None = print) -> TrainResult:
     """Train :class:`~saliency.models.demo.ShapesNet` from scratch and save its state dict to ``out_path``.
 
     ``steps`` optimiser steps of ``batch_size`` images from a pool of ``train_images`` generated with
     ``seed``; accuracy is measured on ``test_images`` fresh images (seed :data:`TEST_SEED`).
     ``out_path=None`` skips saving. ``threads`` caps torch's CPU threads (``None``: leave as is).
-    ``log`` receives progress lines (``None``: silent). Deterministic for a given seed and thread count.
+    ``log`` receives progress lines (``None``: silent); ``eval_every`` also logs the test accuracy
+    every so many steps. Deterministic for a given seed and thread count.
     """
     if steps < 1 or batch_size < 1 or train_images < 1:
         raise ValueError("steps, batch_size and train_images must be positive")
@@ -87,6 +88,8 @@ def train_demo(out_path: str | os.PathLike | None = WEIGHTS_PATH, *, steps: int 
         if step % report_every == 0 or step == steps:
             recent = float(np.mean(losses[-report_every:]))
             say(f"step {step}/{steps}  loss {recent:.4f}  {time.perf_counter() - start:.0f}s")
+        if eval_every and step % eval_every == 0 and step < steps:
+            say(f"step {step}/{steps}  test accuracy {evaluate(model, min(test_images, 1000)):.2%}")
 
     model = fold_batch_norm(model.eval())
     accuracy = evaluate(model, test_images)
@@ -160,10 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--eval-every", type=int, default=None, help="log the test accuracy every N steps")
     args = parser.parse_args(argv)
     result = train_demo(args.out, steps=args.steps, batch_size=args.batch_size,
                         train_images=args.train_images, test_images=args.test_images, seed=args.seed,
-                        learning_rate=args.lr, threads=args.threads)
+                        learning_rate=args.lr, threads=args.threads, eval_every=args.eval_every)
     return 0 if math.isfinite(result.final_loss) else 1
 
 
