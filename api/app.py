@@ -9,12 +9,15 @@ from typing import Any
 import torch
 from flask import Flask
 
+import saliency
+
 from saliency.api.config import Settings, load_settings
 from saliency.api.errors import register_error_handlers
 from saliency.api.metrics import Metrics
 from saliency.api.parsing import InMemoryRequest
 from saliency.api.state import EXTENSION, AppState
 from saliency.api.views import bp
+from saliency.render import render_batch
 
 log = logging.getLogger("saliency.api")
 
@@ -36,7 +39,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
-    model = load_model(settings.model, settings.weights)
+    model = load_model(settings.model, settings.weights, labels=settings.labels, device=settings.device)
+    warm_up(model)
     log.info("serving model %s (%d classes), methods %s", model.name, len(model.labels), ", ".join(settings.methods))
     metrics = Metrics()
     app.extensions[EXTENSION] = AppState(settings=settings, model=model, metrics=metrics)
@@ -44,6 +48,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     app.register_blueprint(bp)
     return app
+
+
+def warm_up(model: Any) -> None:
+    """Explain and render one blank input, so that the first request pays no one-off costs."""
+    blank = torch.zeros((1, *model.preprocessing.shape))
+    result = saliency.explain(model.module, blank, methods="vanilla")
+    render_batch(result["vanilla"].cpu(), "heatmap")
 
 
 def settings_of(app: Flask) -> Settings:

@@ -17,7 +17,9 @@ class Settings:
     """What one app serves. Environment: ``SALIENCY_<FIELD>`` (e.g. ``SALIENCY_MAX_UPLOAD_MB=8``)."""
 
     model: str = "demo"                 #: model name: "demo", a torchvision name, or "pkg.mod:factory"
-    weights: str | None = None          #: weights file for the model (None: the model's own default)
+    weights: str | None = None          #: weights file, or "random" (None: the model's own default)
+    labels: str | None = None           #: class names file, one per line (for your own model)
+    device: str | None = None           #: torch device for the model ("cpu", "cuda"; None: where it loads)
     max_upload_mb: float = 16.0         #: largest request body accepted (larger: 413)
     max_pixels: int = 40_000_000        #: largest decoded image accepted (width × height)
     max_images: int = 16                #: most images in one request (one batch)
