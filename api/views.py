@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import quote
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -9,8 +10,10 @@ from flask import Blueprint, Response, current_app, jsonify, request
 import saliency
 from saliency.api.openapi import openapi_document
 from saliency.api.parsing import parse_explain_request
-from saliency.api.service import run, to_json
+from saliency.api.service import Outcome, run, to_json
 from saliency.api.state import state
+from saliency.models import available_models
+from saliency.render import STYLES, convention
 
 bp = Blueprint("saliency", __name__)
 
@@ -38,22 +41,22 @@ def explain() -> Response:
 @bp.get("/v1/models")
 def models() -> Response:
     s = state()
-    from saliency.models import available_models
-
-    entries = [{"name": m.name, "description": m.description, "loaded": m.name == s.model.name}
+    entries = [{"name": m.name, "description": m.description, "kind": m.kind, "input_size": m.input_size,
+                "classes": m.num_classes, "weights_on_disk": m.available, "loaded": m.name == s.model.name}
                for m in available_models()]
-    if not any(e["loaded"] for e in entries):
-        entries.insert(0, {"name": s.model.name, "description": "the model this server was started with",
-                           "loaded": True})
-    return jsonify(serving={"name": s.model.name, "classes": len(s.model.labels)}, models=entries)
+    if not any(e["loaded"] for e in entries):  # an import-path model
+        entries.insert(0, {"name": s.model.name, "description": s.model.description, "kind": "custom",
+                           "input_size": s.model.preprocessing.crop, "classes": len(s.model.labels),
+                           "weights_on_disk": True, "loaded": True})
+    serving = {"name": s.model.name, "classes": len(s.model.labels), "input_size": s.model.preprocessing.crop,
+               "weights": s.model.weights}
+    return jsonify(serving=serving, models=entries)
 
 
 @bp.get("/v1/methods")
 def methods() -> Response:
     s = state()
     offered = [saliency.REGISTRY[name] for name in s.settings.methods]
-    from saliency.render import STYLES, convention
-
     return jsonify(
         default=s.settings.default_method,
         methods=[{"name": m.name, "title": m.title, "summary": m.summary, "citation": m.citation,
@@ -85,7 +88,7 @@ def metrics() -> Response:
     return state().metrics.exposition()
 
 
-def _png_response(outcome, model) -> Response:
+def _png_response(outcome: Outcome, model: Any) -> Response:
     picture = outcome.pictures[0]
     probability = float(outcome.probabilities[0][picture.target])
     label = model.labels[picture.target] if picture.target < len(model.labels) else str(picture.target)
@@ -98,18 +101,13 @@ def _png_response(outcome, model) -> Response:
         "X-Saliency-Label": quote(label, safe=" "),
         "X-Saliency-Probability": f"{probability:.6f}",
         "X-Saliency-Style": outcome.request.style,
-        "X-Saliency-Convention": quote(convention_text(outcome), safe=" ,;:()/=·[]+-.'"),
+        "X-Saliency-Convention": quote(convention(outcome.request.style, alpha=outcome.request.alpha),
+                                       safe=" ,;:()/=[]+-.'"),
         "Server-Timing": _server_timing(timing),
     })
     if outcome.warnings:
-        response.headers["X-Saliency-Warnings"] = quote(" | ".join(outcome.warnings), safe=" ,;:()/=×'")
+        response.headers["X-Saliency-Warnings"] = quote(" | ".join(outcome.warnings), safe=" ,;:()/='")
     return response
-
-
-def convention_text(outcome) -> str:
-    from saliency.render import convention
-
-    return convention(outcome.request.style, alpha=outcome.request.alpha)
 
 
 def _server_timing(timing: dict) -> str:

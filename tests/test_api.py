@@ -362,8 +362,11 @@ def test_methods_route_reads_the_registry(client):
 
 def test_models_route(app, client):
     body = client.get("/v1/models").get_json()
-    assert body["serving"] == {"name": model_of(app).name, "classes": len(model_of(app).labels)}
-    assert [m["name"] for m in body["models"] if m["loaded"]] == [model_of(app).name]
+    model = model_of(app)
+    assert (body["serving"]["name"], body["serving"]["classes"]) == (model.name, len(model.labels))
+    assert [m["name"] for m in body["models"] if m["loaded"]] == [model.name]
+    names = [m["name"] for m in body["models"]]
+    assert "demo" in names and "resnet50" in names  # from the one model registry
 
 
 def test_health_and_readiness(client):
