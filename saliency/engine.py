@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from saliency import rules
 from saliency.errors import (InputError, ModelOutputError, NoReluError, TargetError,
                              UnsupportedActivationWarning)
 from saliency.intercept import RuleMode, RuleSelector
@@ -67,7 +68,7 @@ def explain(model: nn.Module, inputs: Tensor, methods: str | Sequence[str] = MET
     chosen = resolve_methods(methods)
     x = _as_model_input(model, inputs)
     selector = RuleSelector()
-    mode = RuleMode(selector)
+    mode = RuleMode(selector, swap=any(m.relu_rule is not rules.vanilla for m in chosen))
     seconds: dict[str, float] = {}
     with _evaluation_mode(model), torch.inference_mode(False), torch.enable_grad():
         leaf = x.detach().requires_grad_(True)

@@ -34,24 +34,28 @@ class RuleSelector:
 
 
 class _GatedReLU(torch.autograd.Function):
-    """``y = clamp(x, lo, hi)``; backward applies ``selector.rule(g, gate)``, gate = open region."""
+    """``y = clamp(x, lo, hi)``; backward applies ``selector.rule(g, gate)``, gate = open region.
+
+    The gate is read off the output (``lo < y < hi`` exactly where ``lo < x < hi``), which is what
+    autograd's own ReLU saves, so memory use and in-place semantics match the stock op.
+    """
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, lo: float, hi: float | None, selector: RuleSelector,
                 inplace: bool) -> Tensor:
-        gate = rules.relu_gate(x) if hi is None else rules.clipped_gate(x, lo, hi)
         if inplace:
-            y = x.clamp_(min=lo, max=hi)
+            y = torch.relu_(x) if hi is None else x.clamp_(min=lo, max=hi)
             ctx.mark_dirty(x)
         else:
             y = torch.relu(x) if hi is None else x.clamp(min=lo, max=hi)
-        ctx.save_for_backward(gate)
-        ctx.selector = selector
+        ctx.save_for_backward(y)
+        ctx.lo, ctx.hi, ctx.selector = lo, hi, selector
         return y
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
-        (gate,) = ctx.saved_tensors
+        (y,) = ctx.saved_tensors
+        gate = rules.relu_gate(y) if ctx.hi is None else rules.clipped_gate(y, ctx.lo, ctx.hi)
         return ctx.selector.rule(g, gate), None, None, None, None
 
 
@@ -128,11 +132,17 @@ def _bind(names: tuple[str, ...], defaults: dict[str, Any], args: tuple, kwargs:
 
 
 class RuleMode(TorchFunctionMode):
-    """Active during one forward pass: swaps ReLUs and max-pools for rule-carrying nodes."""
+    """Active during one forward pass: swaps ReLUs and max-pools for rule-carrying nodes.
 
-    def __init__(self, selector: RuleSelector) -> None:
+    With ``swap=False`` it only counts them: autograd's own ReLU and max-pool backward *are* the
+    vanilla rule and switch unpooling (the tests hold them equal), so a gradient-only call keeps the
+    native kernels.
+    """
+
+    def __init__(self, selector: RuleSelector, swap: bool = True) -> None:
         super().__init__()
         self.selector = selector
+        self.swap = swap
         self.relu_calls = 0
         self.max_pool_calls = 0
         self.other_activations: Counter[str] = Counter()
@@ -154,6 +164,8 @@ class RuleMode(TorchFunctionMode):
         if not (torch.is_grad_enabled() and x.requires_grad):
             return func(*args, **kwargs)
         self.relu_calls += 1
+        if not self.swap:
+            return func(*args, **kwargs)
         lo, hi = {"relu": (0.0, None), "relu6": (0.0, 6.0)}.get(name) or (a["min_val"], a["max_val"])
         return _GatedReLU.apply(x, lo, hi, self.selector, bool(a["inplace"]))
 
@@ -164,6 +176,8 @@ class RuleMode(TorchFunctionMode):
         if not (torch.is_grad_enabled() and x.requires_grad):
             return func(*args, **kwargs)
         self.max_pool_calls += 1
+        if not self.swap:
+            return func(*args, **kwargs)
         stride = a["stride"] if a["stride"] not in (None, [], ()) else a["kernel_size"]
         y, switches = _MaxPoolWithSwitches.apply(
             x, dims, a["kernel_size"], stride, a["padding"], a["dilation"], bool(a["ceil_mode"]))

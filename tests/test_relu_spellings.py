@@ -86,3 +86,10 @@ def test_relu6_spellings_agree():
         assert r.relu_calls == 1, s
         for method in saliency.METHODS:
             assert torch.equal(r[method], results["module"][method]), (s, method)
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_gradient_only_calls_count_the_same_layers_and_agree(spelling, reference_maps):
+    result = saliency.explain(_twin(spelling, "functional"), X, methods="vanilla", target=TARGET)
+    assert result.relu_calls == 2 and result.max_pool_calls == 2
+    assert torch.allclose(result["vanilla"], reference_maps["vanilla"], rtol=1e-6, atol=1e-7)
