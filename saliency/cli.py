@@ -90,10 +90,8 @@ def _add_explain(commands: argparse._SubParsersAction) -> None:
 
 def run_explain(args: argparse.Namespace) -> int:
     """``saliency explain``: returns 1 if any image could not be explained."""
-    import torch
     from tqdm import tqdm
 
-    from saliency.engine import explain
     from saliency.images import open_image
     from saliency.methods import resolve_methods
     from saliency.render import render_batch, save_png
@@ -109,8 +107,8 @@ def run_explain(args: argparse.Namespace) -> int:
                           f"{loaded.name!r}; use at most {len(loaded.labels)}")
     out_dir = Path(args.out)
     names = _OutputNames()
-    failures, written, notes = 0, 0, dict()
-    progress = tqdm(total=len(paths), unit="image", file=sys.stderr, disable=len(paths) < 2, leave=False)
+    failures, written, notes, predictions = 0, 0, {}, {}
+    progress = tqdm(total=len(paths), unit="image", file=sys.stderr, disable=True if len(paths) < 2 else None, leave=False)
     for chunk in _chunks(paths, args.batch_size):
         prepared, kept = [], []
         for path in chunk:
@@ -118,33 +116,30 @@ def run_explain(args: argparse.Namespace) -> int:
                 prepared.append(loaded.prepare(open_image(path)))
                 kept.append(path)
             except ImageError as exc:
+                if len(paths) == 1:
+                    raise
                 failures += 1
                 progress.write(f"{PROG}: error: {exc}", file=sys.stderr)
                 progress.update(1)
-        if not kept:
-            continue
-        x = torch.cat([p.tensor for p in prepared])
-        first = explain(loaded.module, x, methods, target=fixed_targets[0] if fixed_targets else None)
-        results = [first]
-        if fixed_targets:
-            results += [explain(loaded.module, x, methods, target=t) for t in fixed_targets[1:]]
-        elif topk > 1:
-            ranked = first.logits.topk(topk, dim=1).indices
-            results += [explain(loaded.module, x, methods, target=ranked[:, k]) for k in range(1, topk)]
-        notes.update(dict.fromkeys(first.warnings))
-        files: list[list[Path]] = [[] for _ in kept]
-        for result in results:
-            for method in methods:
-                pictures = render_batch(result[method], prepared=prepared, **style)
-                for i, picture in enumerate(pictures):
-                    label = loaded.labels[int(result.targets[i])]
-                    target = out_dir / names.take(f"{kept[i].stem}-{method}-{_slug(label)}.png")
-                    save_png(picture, target, {"method": method, "target": label, "model": loaded.name})
-                    files[i].append(target)
-                    written += 1
-        for i, path in enumerate(kept):
-            progress.write(f"{path}: {_predictions(first.probabilities[i], loaded.labels)}")
-            for target in files[i]:
+        files: dict[Path, list[Path]] = {path: [] for path in kept}
+        for group in _groups_by_shape(prepared):
+            batch = [prepared[i] for i in group]
+            results = _explain_batch(loaded.module, batch, methods, fixed_targets, topk)
+            notes.update(dict.fromkeys(results[0].warnings))
+            for result in results:
+                for method in methods:
+                    for row, picture in enumerate(render_batch(result[method], prepared=batch, **style)):
+                        path = kept[group[row]]
+                        label = loaded.labels[int(result.targets[row])]
+                        target = out_dir / names.take(f"{path.stem}-{method}-{_slug(label)}.png")
+                        save_png(picture, target, {"method": method, "target": label, "model": loaded.name})
+                        files[path].append(target)
+                        written += 1
+            for row, i in enumerate(group):
+                predictions[kept[i]] = _predictions(results[0].probabilities[row], loaded.labels)
+        for path in kept:
+            progress.write(f"{path}: {predictions.pop(path)}")
+            for target in files[path]:
                 progress.write(f"  -> {target}")
             progress.update(1)
     progress.close()
@@ -155,6 +150,27 @@ def run_explain(args: argparse.Namespace) -> int:
     if failures:
         return _fail(f"{failures} of {len(paths)} images could not be read (see above)")
     return 0
+
+
+def _groups_by_shape(prepared: Sequence) -> list[list[int]]:
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, p in enumerate(prepared):
+        groups.setdefault(tuple(p.tensor.shape[1:]), []).append(i)
+    return list(groups.values())
+
+
+def _explain_batch(module, batch: Sequence, methods: list[str], fixed_targets: list[int], topk: int) -> list:
+    """One explanation per target: each fixed target, else the top-1 ... top-``topk`` classes."""
+    import torch
+
+    from saliency.engine import explain
+
+    x = torch.cat([p.tensor for p in batch])
+    first = explain(module, x, methods, target=fixed_targets[0] if fixed_targets else None)
+    if fixed_targets:
+        return [first] + [explain(module, x, methods, target=t) for t in fixed_targets[1:]]
+    ranked = first.logits.topk(topk, dim=1).indices
+    return [first] + [explain(module, x, methods, target=ranked[:, k]) for k in range(1, topk)]
 
 
 # --- compare -----------------------------------------------------------------------------------
@@ -189,6 +205,7 @@ def run_compare(args: argparse.Namespace) -> int:
     loaded = _load_model(args)
     target = loaded.class_index(_class_arg(args.target)) if args.target is not None else None
     prepared = loaded.prepare(image)
+    explain(loaded.module, prepared.tensor, methods[0], target=target)  # warm-up, so timings compare fairly
     result = explain(loaded.module, prepared.tensor, methods, target=target)
     index = int(result.targets[0])
     label, probability = loaded.labels[index], float(result.probabilities[0, index])
@@ -199,13 +216,14 @@ def run_compare(args: argparse.Namespace) -> int:
         panels.append(Panel(picture, REGISTRY[method].title, f"{method} · {result.seconds[method] * 1000:.0f} ms"))
     figure = comparison_figure(
         panels, title=f"{path.name} · model {loaded.name} · target: {label} (class {index}, p = {probability:.2f})",
-        footnote=f"{_convention(style)}")
+        footnote=_convention(style),
+        colorbar=None if style["style"] == "rgb" else (style["cmap"], "saliency (max |attribution|, scaled)"))
     out = Path(args.out) if args.out else Path(f"{path.stem}-compare.png")
     write_atomic(out, figure_png(figure))
     print(f"{path}: {_predictions(result.probabilities[0], loaded.labels)}")
     print(f"target: {label} (class {index}) · forward pass {result.seconds['forward'] * 1000:.1f} ms\n")
     print(format_table(methods, result.seconds, similarities({m: result[m][0] for m in methods})))
-    print(f"\ntime: backward pass per method; ~NAME: {SIMILARITY}")
+    print(f"\ntime: backward pass per method (after a warm-up run); ~NAME: {SIMILARITY}")
     for note in result.warnings:
         print(f"{PROG}: warning: {note}", file=sys.stderr)
     print(f"wrote {out}")
@@ -219,16 +237,24 @@ def _add_models(commands: argparse._SubParsersAction) -> None:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    """``saliency models``: registered models, then the other ways to name one."""
+    """``saliency models``: every model that can be named, whether its weights are here, and how else to name one."""
     from saliency.models import available_models
 
-    entries = list(available_models())
-    width = max([len(e.name) for e in entries] + [4])
-    for entry in entries:
-        print(f"{entry.name.ljust(width)}  {entry.description}")
-    print("\nAlso: any torchvision classifier by name (e.g. resnet50; its weights must be downloadable "
-          "or cached), or your own as pkg.module:factory with --weights FILE.")
+    rows = [("NAME", "CLASSES", "INPUT", "WEIGHTS", "DESCRIPTION")]
+    rows += [(e.name, str(e.num_classes), f"{e.input_size}px", _weights_state(e), e.description)
+             for e in available_models()]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join([cell.ljust(w) for cell, w in zip(row, widths)] + [row[4]]))
+    print("\nWEIGHTS: bundled/cached = works offline; download = fetched by torchvision on first use.\n"
+          "Your own model: --model package.module:factory --weights FILE.")
     return 0
+
+
+def _weights_state(entry) -> str:
+    if entry.kind == "bundled":
+        return "bundled" if entry.available else "missing"
+    return "cached" if entry.available else "download"
 
 
 def _add_serve(commands: argparse._SubParsersAction) -> None:
@@ -256,19 +282,32 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def _add_train_demo(commands: argparse._SubParsersAction) -> None:
-    _command(commands, "train-demo", run_train_demo,
-             "retrain the bundled demo model on generated shapes (CPU, a few minutes)",
-             "saliency train-demo")
+    p = _command(commands, "train-demo", run_train_demo,
+                 "retrain the bundled demo model on generated shapes (CPU; the defaults take several minutes)",
+                 "saliency train-demo",
+                 "saliency train-demo --steps 300 --out my-demo.pt && "
+                 "saliency explain examples/star.png --weights my-demo.pt")
+    p.add_argument("--out", metavar="FILE", help="where to save the weights (default: the bundled weights file)")
+    p.add_argument("--steps", type=_positive_int, default=1500, metavar="N", help="optimiser steps (default: 1500)")
+    p.add_argument("--train-images", type=_positive_int, default=20_000, metavar="N",
+                   help="generated training images (default: 20000)")
+    p.add_argument("--test-images", type=_positive_int, default=2000, metavar="N",
+                   help="fresh images to measure accuracy on (default: 2000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--threads", type=_positive_int, default=2, metavar="N", help="CPU threads (default: 2)")
 
 
 def run_train_demo(args: argparse.Namespace) -> int:
-    """``saliency train-demo``: the models package's trainer, with its own report."""
-    from saliency.models import train_demo
+    """``saliency train-demo``: the models package's trainer; it logs its own progress."""
+    from saliency.models.train import train_demo
 
-    result = train_demo()
-    if result is not None:
-        print(result)
-    return 0
+    where = {"out_path": args.out} if args.out else {}
+    result = train_demo(**where, steps=args.steps, train_images=args.train_images,
+                        test_images=args.test_images, seed=args.seed, threads=args.threads)
+    if args.out:
+        print(f"use them with: saliency explain IMAGE --weights {args.out}")
+    return 0 if result.final_loss == result.final_loss else _fail("training diverged (loss is NaN); "
+                                                                   "try another --seed or more --steps")
 
 
 # --- shared pieces -----------------------------------------------------------------------------

@@ -68,10 +68,16 @@ def format_table(names: Sequence[str], seconds: Mapping[str, float],
 
 
 def comparison_figure(panels: Sequence[Panel], title: str = "", footnote: str = "",
-                      panel_inches: float = 3.0) -> Figure:
-    """A one-row figure, one axes per panel (each labelled ``"panel"``), title on top, note below."""
+                      panel_inches: float = 3.0, colorbar: tuple[str, str] | None = None) -> Figure:
+    """A one-row figure, one axes per panel (each labelled ``"panel"``), title on top, note below.
+
+    ``colorbar``: ``(cmap, label)`` adds a colour scale from 0 to 1 under the panels.
+    """
     n = len(panels)
-    fig = Figure(figsize=(panel_inches * n, panel_inches + 1.1), dpi=100, layout="constrained")
+    width, height = panels[0].picture.size
+    aspect = min(max(height / width, 0.3), 3.0)
+    extra = 1.1 + (0.6 if colorbar else 0.0)
+    fig = Figure(figsize=(panel_inches * n, panel_inches * aspect + extra), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, n, squeeze=False)[0]
     for ax, panel in zip(axes, panels):
@@ -80,6 +86,15 @@ def comparison_figure(panels: Sequence[Panel], title: str = "", footnote: str = 
         ax.set_title(f"{panel.title}\n{panel.caption}" if panel.caption else panel.title, fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
+    if colorbar:
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import Normalize
+
+        cmap, label = colorbar
+        bar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), cmap), ax=list(axes), orientation="horizontal",
+                           location="bottom", fraction=0.06, shrink=0.5, aspect=40)
+        bar.set_label(label, fontsize=8)
+        bar.ax.tick_params(labelsize=8)
     if title:
         fig.suptitle(title, fontsize=11)
     if footnote:
