@@ -20,7 +20,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     TORCH_HOME=/opt/torch
 
 RUN python3 -m venv /opt/venv \
- && useradd --system --uid 10001 --user-group --home-dir /nonexistent --no-create-home \
+ && useradd --system --uid 10001 --user-group --create-home --home-dir /home/saliency \
         --shell /usr/sbin/nologin saliency \
  && mkdir -p /opt/torch \
  && chown saliency:saliency /opt/torch
@@ -53,8 +53,9 @@ COPY . /src
 RUN pip install --no-deps --no-build-isolation /src \
  && rm -rf /src/build
 
+# The saliency user made above (a home for gunicorn's control socket and matplotlib's cache).
 USER 10001:10001
-WORKDIR /tmp
+WORKDIR /home/saliency
 ENV SALIENCY_MODEL=demo \
     SALIENCY_WORKERS=1 \
     SALIENCY_THREADS=4 \
