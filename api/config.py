@@ -7,9 +7,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from saliency.errors import SaliencyError
 from saliency.methods import METHODS, resolve_methods
 
 ENV_PREFIX = "SALIENCY_"
+
+
+class ConfigError(SaliencyError, ValueError):
+    """A setting that does not parse or is out of range."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,7 @@ def load_settings(config: Mapping[str, Any] | None = None,
     """Defaults, then ``SALIENCY_*`` variables from ``environ`` (default ``os.environ``), then ``config``.
 
     ``config`` keys are field names in any case (``"model"`` or ``"MODEL"``) and may carry the prefix.
-    Raises ``ValueError`` naming the setting for a value that does not parse.
+    Raises :class:`ConfigError` naming the setting for a value that does not parse.
     """
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
@@ -69,7 +74,7 @@ def _parse(name: str, raw: str) -> Any:
         if name in ("max_pixels", "max_images", "max_topk", "threads", "workers", "torch_threads", "timeout"):
             return int(raw)
     except ValueError:
-        raise ValueError(f"{ENV_PREFIX}{name.upper()} must be a number, got {raw!r}") from None
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be a number, got {raw!r}") from None
     if name == "methods":
         return tuple(part.strip() for part in raw.split(",") if part.strip())
     return raw
@@ -78,4 +83,4 @@ def _parse(name: str, raw: str) -> Any:
 def _check(settings: Settings) -> None:
     for name in ("max_upload_mb", "max_pixels", "max_images", "max_topk", "threads", "workers", "timeout"):
         if getattr(settings, name) <= 0:
-            raise ValueError(f"{ENV_PREFIX}{name.upper()} must be positive, got {getattr(settings, name)}")
+            raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be positive, got {getattr(settings, name)}")

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 
 from saliency.api.app import create_app
 from saliency.api.config import load_settings
+from saliency.errors import SaliencyError
+
+log = logging.getLogger("gunicorn.error")
+WORKER_BOOT_ERROR = Arbiter.WORKER_BOOT_ERROR
+APP_LOAD_ERROR = Arbiter.APP_LOAD_ERROR
+
+
+class ServerStartError(SaliencyError):
+    """The server could not start (a bad setting, model or weights)."""
 
 
 class SaliencyServer(BaseApplication):
@@ -25,7 +37,11 @@ class SaliencyServer(BaseApplication):
                 self.cfg.set(key, value)
 
     def load(self):
-        return create_app(self.app_config)
+        try:
+            return create_app(self.app_config)
+        except SaliencyError as exc:  # one line, not a traceback; the arbiter stops on exit code 3
+            log.error("%s", exc)
+            raise SystemExit(WORKER_BOOT_ERROR) from None
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None, threads: int | None = None,
@@ -46,5 +62,13 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None,
         "graceful_timeout": 10,
         "accesslog": "-",
         "preload_app": False,
+        "control_socket_disable": True,  # several servers may share a host; nothing uses it
     }
-    SaliencyServer(options, config).run()
+    master = os.getpid()
+    try:
+        SaliencyServer(options, config).run()
+    except SystemExit as exc:  # workers are forked from here too: only the master may translate
+        if os.getpid() == master and exc.code in (WORKER_BOOT_ERROR, APP_LOAD_ERROR):
+            raise ServerStartError("the service did not start: a worker could not load the app "
+                                   "(the reason is logged above)") from None
+        raise

@@ -42,8 +42,8 @@ def running_server(command: list[str], port: int, log_path: Path, env: dict[str,
             while True:
                 if process.poll() is not None:
                     pytest.fail(f"the server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-                with contextlib.suppress(requests.ConnectionError):
-                    if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
+                with contextlib.suppress(requests.ConnectionError, requests.Timeout):
+                    if requests.get(f"{url}/readyz", timeout=10).status_code == 200:
                         break
                 if time.monotonic() > deadline:
                     pytest.fail(f"the server did not become ready:\n{log_path.read_text()[-3000:]}")
@@ -137,3 +137,13 @@ def test_wsgi_entry_point_under_the_gunicorn_command(tmp_path):
     with running_server(command, port, tmp_path / "wsgi.log", env={"SALIENCY_MODEL": "demo"}) as url:
         assert requests.get(f"{url}/v1/models", timeout=10).json()["serving"]["name"] == "demo"
         assert explain(url, images()[1], "guided")["methods"] == ["guided"]
+
+
+def test_a_model_that_cannot_load_stops_the_server_with_one_clear_line(tmp_path):
+    command = [sys.executable, "-c",
+               f"from saliency.api import serve; serve('127.0.0.1', {free_port()}, model='no-such-model')"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "unknown model 'no-such-model'" in done.stderr
+    assert "ServerStartError: the service did not start" in done.stderr
+    assert done.stderr.count("Traceback") <= 1  # the worker logs one line, not a traceback
