@@ -411,3 +411,20 @@ def test_openapi_document_is_valid_and_matches_the_routes(app, client):
     assert {p["name"] for p in explain["parameters"]} == set(PARAMETERS)
     method_enum = explain["parameters"][0]["schema"]["items"]["enum"]
     assert method_enum == list(saliency.METHODS) + ["all"]
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF"])
+def test_truncated_and_corrupted_files_of_every_format_are_never_a_500(client, fmt):
+    whole = encode(picture((64, 48), seed=5), fmt)
+    rng = np.random.default_rng(1)
+    broken = [whole[:cut] for cut in (8, 40, len(whole) // 3, len(whole) - 10)]
+    for _ in range(3):  # flipped bytes in the middle
+        damaged = bytearray(whole)
+        for i in rng.integers(16, len(whole), 20):
+            damaged[i] ^= 0xFF
+        broken.append(bytes(damaged))
+    for data in broken:
+        response = client.post("/v1/explain?method=vanilla", data=data, content_type=f"image/{fmt.lower()}")
+        assert response.status_code in (200, 400), (fmt, len(data), response.get_data(as_text=True))
+        if response.status_code == 400:
+            assert response.get_json()["error"] == "invalid_image"
