@@ -8,8 +8,8 @@ True
 
 from saliency.engine import Explanation, explain
 from saliency.errors import SaliencyError, UnsupportedActivationWarning
-from saliency.methods import METHODS, REGISTRY
+from saliency.methods import METHODS, REGISTRY, RULE_METHODS
 
 __version__ = "0.1.0"
-__all__ = ["METHODS", "REGISTRY", "Explanation", "SaliencyError", "UnsupportedActivationWarning",
+__all__ = ["METHODS", "REGISTRY", "RULE_METHODS", "Explanation", "SaliencyError", "UnsupportedActivationWarning",
            "explain", "__version__"]

@@ -6,20 +6,18 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from saliency import rules
-from saliency.errors import (InputError, ModelOutputError, NoReluError, TargetError,
-                             UnsupportedActivationWarning)
-from saliency.intercept import RuleMode, RuleSelector
-from saliency.methods import METHODS, resolve_methods
-
-Target = int | Sequence[int] | Tensor | None
+from saliency.errors import InputError, NoReluError, OptionError, UnsupportedActivationWarning
+from saliency.intercept import RuleMode
+from saliency.methods import RULE_METHODS, Method, resolve_methods, resolve_options
+from saliency.passes import ForwardPass, Target
 
 
 @dataclass(frozen=True)
@@ -29,7 +27,8 @@ class Explanation(Mapping[str, Tensor]):
     ``targets``: the class explained for each sample; ``logits``: the model's scores;
     ``activations``: non-ReLU activations the model ran (name -> calls), which DeconvNet and guided
     backpropagation pass through as plain gradients; ``relu_calls`` / ``max_pool_calls``: calls the
-    rules covered; ``seconds``: wall time of the forward pass and of each method's backward pass.
+    rules covered; ``seconds``: wall time of the forward pass and of each method; ``layer``: the
+    module Grad-CAM read, when one was asked for.
     """
 
     maps: dict[str, Tensor]
@@ -40,6 +39,7 @@ class Explanation(Mapping[str, Tensor]):
     max_pool_calls: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    layer: str | None = None
 
     def __getitem__(self, method: str) -> Tensor:
         return self.maps[method]
@@ -56,41 +56,63 @@ class Explanation(Mapping[str, Tensor]):
         return self.logits.softmax(dim=1)
 
 
-def explain(model: nn.Module, inputs: Tensor, methods: str | Sequence[str] = METHODS,
-            target: Target = None) -> Explanation:
+def explain(model: nn.Module, inputs: Tensor, methods: str | Sequence[str] = RULE_METHODS,
+            target: Target = None, *, options: Mapping[str, Any] | None = None,
+            progress: Callable[[str, int, int], None] | None = None) -> Explanation:
     """Explain ``model``'s class scores for ``inputs`` (``[B, C, H, W]`` or any ``[B, ...]``).
 
-    ``methods``: names from :data:`saliency.METHODS`, one name, or ``"all"``. ``target``: ``None``
-    (each sample's top-1 class), one class index for the whole batch, or one index per sample.
-    The model runs in eval mode for the call and is left exactly as it was; several methods share
-    one forward pass; only gradients with respect to the inputs are computed. Thread-safe.
+    ``methods``: names from :data:`saliency.METHODS`, one name, or ``"all"`` (default: the three
+    ReLU rules). ``target``: ``None`` (each sample's top-1 class), one class index for the whole
+    batch, or one index per sample. ``options``: method parameters (``samples``, ``noise``,
+    ``seed``, ``steps``, ``baseline``, ``layer`` …, see ``REGISTRY[name].options``).
+    ``progress(method, done, total)`` hears from the sampling methods.
+    The model runs in eval mode for the call and is left exactly as it was; the methods share one
+    forward pass; only gradients with respect to the inputs are computed. Thread-safe.
     """
     chosen = resolve_methods(methods)
+    settings = resolve_options(chosen, options)
     x = _as_model_input(model, inputs)
-    selector = RuleSelector()
-    mode = RuleMode(selector, swap=any(m.relu_rule is not rules.vanilla for m in chosen))
     seconds: dict[str, float] = {}
     with _evaluation_mode(model), torch.inference_mode(False), torch.enable_grad():
-        leaf = x.detach().requires_grad_(True)
         start = time.perf_counter()
-        with mode:
-            logits = model(leaf.clone())
+        run = ForwardPass(model, x, target, swap=any(m.needs_relu for m in chosen),
+                          capture=_layer(model, settings, chosen))
         seconds["forward"] = time.perf_counter() - start
-        logits = _check_logits(logits, len(x))
-        targets = _resolve_targets(target, logits)
-        _check_relus(mode, chosen)
-        notes = _activation_notes(mode, chosen)
-        score = logits.gather(1, targets[:, None]).sum()
+        _check_relus(run.mode, chosen)
+        notes = _activation_notes(run.mode, chosen)
         maps: dict[str, Tensor] = {}
-        for i, method in enumerate(chosen):
-            selector.rule = method.relu_rule
+        for method in chosen:
+            report = (lambda done, total, name=method.name: progress(name, done, total)) if progress else _silent
             start = time.perf_counter()
-            (grad,) = torch.autograd.grad(score, leaf, retain_graph=i < len(chosen) - 1)
+            maps[method.name] = method.attribute(run, settings, report).detach()
             seconds[method.name] = time.perf_counter() - start
-            maps[method.name] = grad
-    return Explanation(maps=maps, targets=targets, logits=logits.detach(),
+    mode = run.mode
+    return Explanation(maps=maps, targets=run.targets, logits=run.logits.detach(),
                        activations=dict(mode.other_activations), relu_calls=mode.relu_calls,
-                       max_pool_calls=mode.max_pool_calls, seconds=seconds, warnings=notes)
+                       max_pool_calls=mode.max_pool_calls, seconds=seconds, warnings=notes,
+                       layer=_layer_name(model, run.layer.module) if run.layer.module is not None else None)
+
+
+def _silent(done: int, total: int) -> None:
+    pass
+
+
+def _layer(model: nn.Module, settings: Mapping[str, Any], chosen: list[Method]) -> nn.Module | str | None:
+    """The module Grad-CAM reads: ``"auto"`` (the last 4-D feature map) or a dotted name."""
+    if not any(m.needs_layer for m in chosen):
+        return None
+    name = settings["layer"]
+    if name == "auto":
+        return "auto"
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        examples = ", ".join(n for n, _ in list(model.named_children())[:6])
+        raise OptionError(f"the model has no layer {name!r}; give a dotted module name such as {examples}") from None
+
+
+def _layer_name(model: nn.Module, module: nn.Module) -> str:
+    return next((name for name, m in model.named_modules() if m is module), type(module).__name__)
 
 
 def _as_model_input(model: nn.Module, inputs: Tensor) -> Tensor:
@@ -105,31 +127,6 @@ def _as_model_input(model: nn.Module, inputs: Tensor) -> Tensor:
         return inputs
     dtype = param.dtype if param.is_floating_point() else inputs.dtype
     return inputs.to(device=param.device, dtype=dtype)
-
-
-def _check_logits(logits: object, batch: int) -> Tensor:
-    if not (isinstance(logits, Tensor) and logits.dim() == 2 and logits.shape[0] == batch):
-        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise ModelOutputError(
-            f"the model must return class scores shaped [batch={batch}, classes], got {shape}")
-    return logits
-
-
-def _resolve_targets(target: Target, logits: Tensor) -> Tensor:
-    batch, classes = logits.shape
-    if target is None:
-        return logits.detach().argmax(dim=1)
-    t = torch.as_tensor(target, device=logits.device)
-    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise TargetError(f"target must be class indices (integers), got {t.dtype}")
-    if t.dim() == 0:
-        t = t.expand(batch)
-    if t.shape != (batch,):
-        raise TargetError(f"target must be one class index or {batch} of them, got shape {tuple(t.shape)}")
-    bad = t[(t < 0) | (t >= classes)]
-    if len(bad):
-        raise TargetError(f"target class {bad[0].item()} is out of range: the model has {classes} classes (0..{classes - 1})")
-    return t.long()
 
 
 def _check_relus(mode: RuleMode, chosen: list) -> None:

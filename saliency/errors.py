@@ -41,3 +41,7 @@ class WeightsError(SaliencyError):
 
 class UnsupportedActivationWarning(UserWarning):
     """The model uses activations that DeconvNet / guided backpropagation have no rule for."""
+
+
+class OptionError(SaliencyError, ValueError):
+    """A method option that is unknown or of the wrong type."""

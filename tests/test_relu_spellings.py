@@ -25,15 +25,15 @@ TARGET = torch.tensor([0, 2, 4])
 
 @pytest.fixture(scope="module")
 def reference_maps():
-    return saliency.explain(_twin("nn.ReLU"), X, methods="all", target=TARGET)
+    return saliency.explain(_twin("nn.ReLU"), X, methods=saliency.RULE_METHODS, target=TARGET)
 
 
 @pytest.mark.parametrize("spelling", SPELLINGS)
 @pytest.mark.parametrize("pool", ["module", "functional"])
 def test_every_spelling_gives_the_nn_relu_maps(spelling, pool, reference_maps):
-    result = saliency.explain(_twin(spelling, pool), X, methods="all", target=TARGET)
+    result = saliency.explain(_twin(spelling, pool), X, methods=saliency.RULE_METHODS, target=TARGET)
     assert result.relu_calls == 2 and result.max_pool_calls == 2
-    for method in saliency.METHODS:
+    for method in saliency.RULE_METHODS:
         assert torch.equal(result[method], reference_maps[method]), (spelling, pool, method)
 
 
@@ -59,7 +59,7 @@ def test_reused_inplace_relu_module_is_covered_at_every_call():
         def forward(self, x):
             return self.b(self.relu(self.a(self.relu(x.clone()))))
 
-    result = saliency.explain(Reuse(), torch.randn(2, 4), methods="all")
+    result = saliency.explain(Reuse(), torch.randn(2, 4), methods=saliency.RULE_METHODS)
     assert result.relu_calls == 2
 
 
@@ -81,10 +81,10 @@ def test_relu6_spellings_agree():
     for net in nets.values():
         net.load_state_dict(nets["module"].state_dict())
     x = torch.randn(4, 6, generator=torch.Generator().manual_seed(3))
-    results = {s: saliency.explain(n, x, methods="all", target=1) for s, n in nets.items()}
+    results = {s: saliency.explain(n, x, methods=saliency.RULE_METHODS, target=1) for s, n in nets.items()}
     for s, r in results.items():
         assert r.relu_calls == 1, s
-        for method in saliency.METHODS:
+        for method in saliency.RULE_METHODS:
             assert torch.equal(r[method], results["module"][method]), (s, method)
 
 

@@ -64,7 +64,7 @@ def _by_hand(rule, gate, target):
 def test_engine_applies_each_rule_as_written():
     x = torch.tensor([[2.0, -3.0]])  # hidden pre-activations: [2, -3, -1]
     gate = torch.tensor([True, False, False])
-    result = saliency.explain(_TwoLayer(nn.ReLU()), x, methods="all", target=0)
+    result = saliency.explain(_TwoLayer(nn.ReLU()), x, methods=saliency.RULE_METHODS, target=0)
     for name, rule in (("vanilla", rules.vanilla), ("deconvnet", rules.deconvnet), ("guided", rules.guided)):
         assert torch.allclose(result[name][0], _by_hand(rule, gate, 0)), name
     assert result["vanilla"].tolist() == [[1.0, 0.0]]
@@ -76,6 +76,6 @@ def test_relu6_rules_use_the_clipped_region():
     x = torch.tensor([[7.0, 2.0]])  # hidden pre-activations: [7, 2, 9]: only the middle unit is open
     gate = torch.tensor([False, True, False])
     for act in (nn.ReLU6(), nn.Hardtanh(0.0, 6.0)):
-        result = saliency.explain(_TwoLayer(act), x, methods="all", target=1)
+        result = saliency.explain(_TwoLayer(act), x, methods=saliency.RULE_METHODS, target=1)
         for name, rule in (("vanilla", rules.vanilla), ("deconvnet", rules.deconvnet), ("guided", rules.guided)):
             assert torch.allclose(result[name][0], _by_hand(rule, gate, 1)), (act, name)

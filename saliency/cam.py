@@ -1,0 +1,22 @@
+"""Grad-CAM on the layer the forward pass captured."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from saliency.passes import ForwardPass
+
+
+def gradcam(run: ForwardPass) -> Tensor:
+    """Selvaraju et al. (2017): ``L = ReLU(Σ_k α_k A^k)``, ``α_k = mean_ij ∂y/∂A^k_ij``.
+
+    ``A`` is the captured layer's output; the map is upsampled bilinearly to the input's size and
+    returned as ``[B, 1, H, W]`` (computed once per forward pass, shared with guided Grad-CAM).
+    """
+    if "gradcam" not in run.cache:
+        a, grad = run.layer_gradient()
+        alpha = grad.mean(dim=(2, 3), keepdim=True)
+        cam = (alpha * a).sum(dim=1, keepdim=True).clamp(min=0)
+        run.cache["gradcam"] = F.interpolate(cam, size=run.leaf.shape[2:], mode="bilinear", align_corners=False)
+    return run.cache["gradcam"]

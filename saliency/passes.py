@@ -1,0 +1,155 @@
+"""One forward pass under the rule mode, and the backward passes methods ask of it."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from saliency import rules
+from saliency.errors import ModelOutputError, TargetError
+from saliency.intercept import ReluRule, RuleMode, RuleSelector
+
+Target = int | Sequence[int] | Tensor | None
+
+
+class ForwardPass:
+    """The model run once on ``x``; each method's backward pass reuses the graph.
+
+    ``capture``: a layer whose output Grad-CAM needs: a module, ``"auto"`` (the last module that
+    returns a 4-D feature map) or ``None`` (capture nothing).
+    """
+
+    def __init__(self, model: nn.Module, x: Tensor, target: Target, *, swap: bool,
+                 capture: nn.Module | str | None = None) -> None:
+        self.model = model
+        self.selector = RuleSelector()
+        self.mode = RuleMode(self.selector, swap=swap)
+        self.leaf = x.detach().requires_grad_(True)
+        with _capturing(capture) as self.layer, self.mode:
+            logits = model(self.leaf.clone())
+        self.layer.settle()
+        self.logits = _check_logits(logits, len(x))
+        self.targets = resolve_targets(target, self.logits)
+        self.score = self.logits.gather(1, self.targets[:, None]).sum()
+        self._input_gradients: dict[ReluRule, Tensor] = {}
+        self.cache: dict[str, Any] = {}  # results methods share, e.g. the Grad-CAM map
+
+    def gradient(self, rule: ReluRule) -> Tensor:
+        """d score / d input with ``rule`` at every ReLU (computed once per rule)."""
+        if rule not in self._input_gradients:
+            self.selector.rule = rule
+            (grad,) = torch.autograd.grad(self.score, self.leaf, retain_graph=True)
+            self._input_gradients[rule] = grad
+        return self._input_gradients[rule]
+
+    def layer_gradient(self) -> tuple[Tensor, Tensor]:
+        """The captured layer's activation ``A`` and its plain gradient ``d score / d A``."""
+        if self.layer.activation is None:
+            raise ModelOutputError(
+                "no layer returned a [batch, channels, height, width] feature map to compute Grad-CAM on; "
+                "name one with the 'layer' option")
+        self.selector.rule = rules.vanilla
+        (grad,) = torch.autograd.grad(self.score, self.layer.activation, retain_graph=True)
+        return self.layer.activation.detach(), grad
+
+
+def input_gradients(model: nn.Module, x: Tensor, targets: Tensor) -> Tensor:
+    """Plain gradients of the ``targets`` scores for a batch: one forward and one backward pass."""
+    return ForwardPass(model, x, targets, swap=False).gradient(rules.vanilla)
+
+
+def resolve_targets(target: Target, logits: Tensor) -> Tensor:
+    """Class indices ``[B]``: each row's top-1, one index for all, or one per row; checked against the model."""
+    batch, classes = logits.shape
+    if target is None:
+        return logits.detach().argmax(dim=1)
+    t = torch.as_tensor(target, device=logits.device)
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TargetError(f"target must be class indices (integers), got {t.dtype}")
+    if t.dim() == 0:
+        t = t.expand(batch)
+    if t.shape != (batch,):
+        raise TargetError(f"target must be one class index or {batch} of them, got shape {tuple(t.shape)}")
+    bad = t[(t < 0) | (t >= classes)]
+    if len(bad):
+        raise TargetError(
+            f"target class {bad[0].item()} is out of range: the model has {classes} classes (0..{classes - 1})")
+    return t.long()
+
+
+def _check_logits(logits: object, batch: int) -> Tensor:
+    if not (isinstance(logits, Tensor) and logits.dim() == 2 and logits.shape[0] == batch):
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ModelOutputError(f"the model must return class scores shaped [batch={batch}, classes], got {shape}")
+    return logits
+
+
+class CapturedLayer:
+    """The layer Grad-CAM looks at, and its output in this thread's forward pass.
+
+    ``"auto"`` keeps the last module with parameters (a conv layer or block, not a pooling or
+    dropout layer) to return a 4-D feature map larger than 1×1; failing that, one of 1×1.
+    """
+
+    def __init__(self, wanted: nn.Module | str | None) -> None:
+        self.wanted = wanted
+        self.module: nn.Module | None = None
+        self.activation: Tensor | None = None
+        self._fallback: tuple[nn.Module, Tensor] | None = None
+
+    def offer(self, module: nn.Module, output: Any) -> None:
+        if self.wanted is module:
+            self.module, self.activation = module, output
+        elif (self.wanted == "auto" and isinstance(output, Tensor) and output.dim() == 4
+              and next(module.parameters(), None) is not None):
+            if output.shape[2] * output.shape[3] > 1:
+                self.module, self.activation = module, output
+            elif self.module is None:
+                self._fallback = (module, output)
+
+    def settle(self) -> None:
+        """After the forward pass: fall back to a 1×1 map if no larger one came."""
+        if self.module is None and self._fallback is not None:
+            self.module, self.activation = self._fallback
+
+
+# A process-wide forward hook, present only while some thread captures, acting only for that thread:
+# nothing is attached to the model, and other threads' forward passes are not seen.
+_capture = threading.local()
+_hook_lock = threading.Lock()
+_hook_users = 0
+_hook_handle: Any = None
+
+
+def _on_module_forward(module: nn.Module, args: Any, output: Any) -> None:
+    layer = getattr(_capture, "layer", None)
+    if layer is not None:
+        layer.offer(module, output)
+
+
+@contextmanager
+def _capturing(wanted: nn.Module | str | None) -> Iterator[CapturedLayer]:
+    global _hook_users, _hook_handle
+    layer = CapturedLayer(wanted)
+    if wanted is None:
+        yield layer
+        return
+    with _hook_lock:
+        if _hook_users == 0:
+            _hook_handle = nn.modules.module.register_module_forward_hook(_on_module_forward)
+        _hook_users += 1
+    previous, _capture.layer = getattr(_capture, "layer", None), layer
+    try:
+        yield layer
+    finally:
+        _capture.layer = previous
+        with _hook_lock:
+            _hook_users -= 1
+            if _hook_users == 0:
+                _hook_handle.remove()
+                _hook_handle = None
