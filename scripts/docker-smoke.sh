@@ -63,16 +63,18 @@ step "container $container on 127.0.0.1:$PORT"
 
 show_logs() { echo "--- container logs ---" >&2; "$engine" logs "$container" >&2 || true; }
 
-python3 - "$PORT" "$READY_SECONDS" "$EXAMPLE" "$workdir" <<'PY' || { show_logs; fail "the service did not behave (see above)"; }
+python3 - "$PORT" "$READY_SECONDS" "$EXAMPLE" "$workdir" "$engine" "$container" <<'PY' || { show_logs; fail "the service did not behave (see above)"; }
 """Talks to the running container: health, one real explanation as PNG, one bad upload."""
 import json
+import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 import uuid
 
-port, ready_seconds, example, workdir = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]
+port, ready_seconds, example, workdir, engine, container = sys.argv[1:]
+ready_seconds = float(ready_seconds)
 base = f"http://127.0.0.1:{port}"
 
 
@@ -104,8 +106,11 @@ while True:
     except (OSError, urllib.error.URLError):
         pass
     check(time.monotonic() < deadline, f"/healthz did not answer 200 within {ready_seconds:.0f} s")
+    running = subprocess.run([engine, "inspect", "--format", "{{.State.Running}}", container],
+                             capture_output=True, text=True).stdout.strip()
+    check(running == "true", "the container stopped before /healthz answered")
     time.sleep(1)
-print(f"docker-smoke: /healthz ok")
+print("docker-smoke: /healthz ok")
 
 with open(example, "rb") as f:
     status, headers, body = post_image("/v1/explain?format=png", "star.png", f.read(), "image/png")
