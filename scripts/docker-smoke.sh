@@ -59,6 +59,7 @@ step "built in $(($(date +%s) - start)) s"
 # shellcheck disable=SC2086 # RUN_ARGS is a list of words
 "$engine" run -d --name "$container" -p "127.0.0.1:$PORT:8000" ${RUN_ARGS:-} "$IMAGE" >/dev/null \
     || fail "$engine run failed (output above)"
+# (podman without systemd says it cannot schedule the health check timer: harmless, it is run below.)
 step "container $container on 127.0.0.1:$PORT"
 
 show_logs() { echo "--- container logs ---" >&2; "$engine" logs "$container" >&2 || true; }
@@ -111,6 +112,19 @@ while True:
     check(running == "true", "the container stopped before /healthz answered")
     time.sleep(1)
 print("docker-smoke: /healthz ok")
+
+def get(path):
+    try:
+        with urllib.request.urlopen(base + path, timeout=10) as response:
+            return response.read()
+    except urllib.error.HTTPError as error:
+        check(False, f"GET {path} answered {error.code}: {error.read()[:300]!r}")
+
+
+check(json.loads(get("/readyz")).get("status") == "ready", "/readyz does not say ready")
+page = get("/")
+check(b"<html" in page.lower(), "the web page at / is not HTML (static files missing from the image?)")
+print("docker-smoke: /readyz ready, web page served")
 
 with open(example, "rb") as f:
     status, headers, body = post_image("/v1/explain?format=png", "star.png", f.read(), "image/png")
