@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from saliency import __version__
-from saliency.errors import ImageError, SaliencyError, TargetError
+from saliency.errors import ImageError, OptionError, SaliencyError, TargetError
 
 PROG = "saliency"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
@@ -74,8 +74,7 @@ def _add_explain(commands: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="image files, folders (their images; *.mask.* files skipped) or glob patterns")
     _add_model_options(p)
-    p.add_argument("--method", default="all", metavar="NAMES",
-                   help=f"{', '.join(_methods())} or all; several separated by commas (default: all)")
+    _add_method_options(p, "--method")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--target", action="append", metavar="CLASS",
                        help="class to explain, by label or index; repeat for several (default: the top-1 class)")
@@ -98,6 +97,7 @@ def run_explain(args: argparse.Namespace) -> int:
 
     paths = expand_images(args.images)
     methods = [m.name for m in resolve_methods(_split(args.method))]
+    options = _method_options(methods, args.option)
     style = _render_kwargs(args)
     loaded = _load_model(args)
     fixed_targets = [loaded.class_index(_class_arg(t)) for t in args.target or []]
@@ -124,7 +124,7 @@ def run_explain(args: argparse.Namespace) -> int:
         files: dict[Path, list[Path]] = {path: [] for path in kept}
         for group in _groups_by_shape(prepared):
             batch = [prepared[i] for i in group]
-            results = _explain_batch(loaded.module, batch, methods, fixed_targets, topk)
+            results = _explain_batch(loaded.module, batch, methods, options, fixed_targets, topk)
             notes.update(dict.fromkeys(results[0].warnings))
             for result in results:
                 for method in methods:
@@ -159,18 +159,19 @@ def _groups_by_shape(prepared: Sequence) -> list[list[int]]:
     return list(groups.values())
 
 
-def _explain_batch(module, batch: Sequence, methods: list[str], fixed_targets: list[int], topk: int) -> list:
+def _explain_batch(module, batch: Sequence, methods: list[str], options: dict[str, str], fixed_targets: list[int],
+                   topk: int) -> list:
     """One explanation per target: each fixed target, else the top-1 ... top-``topk`` classes."""
     import torch
 
     from saliency.engine import explain
 
     x = torch.cat([p.tensor for p in batch])
-    first = explain(module, x, methods, target=fixed_targets[0] if fixed_targets else None)
+    first = explain(module, x, methods, target=fixed_targets[0] if fixed_targets else None, options=options)
     if fixed_targets:
-        return [first] + [explain(module, x, methods, target=t) for t in fixed_targets[1:]]
+        return [first] + [explain(module, x, methods, target=t, options=options) for t in fixed_targets[1:]]
     ranked = first.logits.topk(topk, dim=1).indices
-    return [first] + [explain(module, x, methods, target=ranked[:, k]) for k in range(1, topk)]
+    return [first] + [explain(module, x, methods, target=ranked[:, k], options=options) for k in range(1, topk)]
 
 
 # --- compare -----------------------------------------------------------------------------------
@@ -183,8 +184,7 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
                  "saliency compare dog.jpg --model resnet50 --target 207")
     p.add_argument("image", metavar="IMAGE", help="one image file")
     _add_model_options(p)
-    p.add_argument("--methods", default="all", metavar="NAMES",
-                   help=f"{', '.join(_methods())} or all, separated by commas (default: all)")
+    _add_method_options(p, "--methods")
     p.add_argument("--target", metavar="CLASS", help="class to explain, by label or index (default: the top-1 class)")
     _add_render_options(p, default_style="overlay")
     p.add_argument("--out", metavar="FILE", help="where to write the figure (default: IMAGE-STEM-compare.png)")
@@ -200,20 +200,21 @@ def run_compare(args: argparse.Namespace) -> int:
 
     path = Path(args.image)
     methods = [m.name for m in resolve_methods(_split(args.methods))]
+    options = _method_options(methods, args.option)
     style = _render_kwargs(args)
     image = open_image(path)
     loaded = _load_model(args)
     target = loaded.class_index(_class_arg(args.target)) if args.target is not None else None
     prepared = loaded.prepare(image)
-    explain(loaded.module, prepared.tensor, methods[0], target=target)  # warm-up, so timings compare fairly
-    result = explain(loaded.module, prepared.tensor, methods, target=target)
+    explain(loaded.module, prepared.tensor, "vanilla", target=target)  # warm-up, so timings compare fairly
+    result = explain(loaded.module, prepared.tensor, methods, target=target, options=options)
     index = int(result.targets[0])
     label, probability = loaded.labels[index], float(result.probabilities[0, index])
     original = prepared.image if style["style"] == "overlay" else prepared.image.crop(prepared.box)
     panels = [Panel(original, "Input", f"{image.width}×{image.height} px")]
     for method in methods:
         (picture,) = render_batch(result[method], prepared=[prepared], **style)
-        panels.append(Panel(picture, REGISTRY[method].title, f"{method} · {result.seconds[method] * 1000:.0f} ms"))
+        panels.append(Panel(picture, REGISTRY[method].title, f"{method} · {_ms(result.seconds[method])}"))
     figure = comparison_figure(
         panels, title=f"{path.name} · model {loaded.name} · target: {label} (class {index}, p = {probability:.2f})",
         footnote=_convention(style),
@@ -221,9 +222,10 @@ def run_compare(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(f"{path.stem}-compare.png")
     write_atomic(out, figure_png(figure))
     print(f"{path}: {_predictions(result.probabilities[0], loaded.labels)}")
-    print(f"target: {label} (class {index}) · forward pass {result.seconds['forward'] * 1000:.1f} ms\n")
+    print(f"target: {label} (class {index}) · forward pass {_ms(result.seconds['forward'])}\n")
     print(format_table(methods, result.seconds, similarities({m: result[m][0] for m in methods})))
-    print(f"\ntime: backward pass per method (after a warm-up run); ~NAME: {SIMILARITY}")
+    print(f"\ntime: each method's own passes after the shared forward pass (timed after a warm-up run)\n"
+          f"~NAME: {SIMILARITY}")
     for note in result.warnings:
         print(f"{PROG}: warning: {note}", file=sys.stderr)
     print(f"wrote {out}")
@@ -408,14 +410,38 @@ def _predictions(probabilities, labels: Sequence[str]) -> str:
     return ", ".join(f"{labels[int(i)]} {float(v):.1%}" for v, i in zip(values, indices))
 
 
+def _ms(seconds: float) -> str:
+    ms = seconds * 1000
+    return f"{ms:.1f} ms" if ms < 10 else f"{ms:.0f} ms"
+
+
 def _examples(*lines: str) -> str:
     return "examples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
-def _methods() -> tuple[str, ...]:
-    from saliency.methods import METHODS
+def _add_method_options(p: argparse.ArgumentParser, flag: str) -> None:
+    from saliency.methods import METHODS, RULE_METHODS
 
-    return METHODS
+    default = ",".join(RULE_METHODS)
+    p.add_argument(flag, dest=flag.strip("-"), default=default, metavar="NAMES",
+                   help=f"{', '.join(METHODS)} or all; several separated by commas (default: {default})")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method parameter, e.g. samples=50 (smoothgrad), steps=64 (integrated_gradients), "
+                        "layer=features.8 (gradcam); repeat for several")
+
+
+def _method_options(methods: list[str], pairs: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` strings as a dict, checked against the chosen methods' parameters."""
+    from saliency.methods import resolve_methods, resolve_options
+
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise OptionError(f"--option takes KEY=VALUE, got {pair!r}; e.g. --option samples=50")
+        options[key.strip()] = value.strip()
+    resolve_options(resolve_methods(methods), options)  # unknown keys and bad values fail here
+    return options
 
 
 def _split(names: str) -> list[str]:

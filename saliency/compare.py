@@ -68,12 +68,13 @@ def format_table(names: Sequence[str], seconds: Mapping[str, float],
 
 
 def comparison_figure(panels: Sequence[Panel], title: str = "", footnote: str = "",
-                      panel_inches: float = 3.0, colorbar: tuple[str, str] | None = None) -> Figure:
+                      panel_inches: float | None = None, colorbar: tuple[str, str] | None = None) -> Figure:
     """A one-row figure, one axes per panel (each labelled ``"panel"``), title on top, note below.
 
     ``colorbar``: ``(cmap, label)`` adds a colour scale from 0 to 1 under the panels.
     """
     n = len(panels)
+    panel_inches = panel_inches or (3.0 if n <= 5 else 2.4)
     width, height = panels[0].picture.size
     aspect = min(max(height / width, 0.3), 3.0)
     extra = 1.1 + (0.6 if colorbar else 0.0)
