@@ -34,6 +34,7 @@ CODES: dict[type[Exception], str] = {
     errors.ImageError: "invalid_image",
     errors.TargetError: "invalid_target",
     errors.InputError: "invalid_input",
+    errors.OptionError: "invalid_option",
     RequestError: "bad_request",
     UnsupportedMediaError: "unsupported_media_type",
 }

@@ -6,7 +6,7 @@ from typing import Any
 
 import saliency
 from saliency.api.config import Settings
-from saliency.api.parsing import FORMATS, RAW_FORMATS
+from saliency.api.parsing import FORMATS, OPTIONS, RAW_FORMATS
 from saliency.render import STYLES
 
 ERROR = {"$ref": "#/components/responses/Error"}
@@ -52,6 +52,20 @@ def _simple(summary: str, media: str = "application/json") -> dict[str, Any]:
     return {"summary": summary, "responses": {"200": {"description": "OK", "content": {media: {"schema": schema}}}}}
 
 
+def _options() -> dict[str, tuple[Any, list[str]]]:
+    """Each method option: its default and the methods that take it."""
+    found: dict[str, tuple[Any, list[str]]] = {}
+    for name in OPTIONS:
+        users = [m.name for m in saliency.REGISTRY.values() if name in m.options]
+        found[name] = (saliency.REGISTRY[users[0]].options[name], users)
+    return found
+
+
+def _schema(default: Any) -> dict[str, str]:
+    kind = {bool: "boolean", int: "integer", float: "number"}.get(type(default), "string")
+    return {"type": kind}
+
+
 def _explain(methods: list[str], settings: Settings) -> dict[str, Any]:
     def query(name: str, schema: dict, description: str) -> dict[str, Any]:
         return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
@@ -72,6 +86,8 @@ def _explain(methods: list[str], settings: Settings) -> dict[str, Any]:
             query("raw", {"type": "string", "enum": list(RAW_FORMATS)}, "npy: also return each raw map as base64 .npy (float32)."),
             query("alpha", {"type": "number", "minimum": 0, "maximum": 1}, "Heatmap weight of the overlay style."),
             query("model", {"type": "string"}, "Must name the served model, if given."),
+            *[query(name, _schema(default), f"Option of {', '.join(users)} (default {default!r}).")
+              for name, (default, users) in _options().items()],
         ],
         "requestBody": {"required": True, "content": {
             "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {

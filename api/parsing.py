@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 from flask import Request
 
 from saliency.api.config import Settings
 from saliency.api.errors import RequestError, UnsupportedMediaError
 from saliency.errors import ImageError, UnknownMethodError, UnknownModelError
-from saliency.methods import resolve_methods
+from saliency.methods import REGISTRY, resolve_methods, resolve_options
 from saliency.render import DEFAULT_ALPHA, DEFAULT_STYLE, STYLES
 
 FORMATS = ("json", "png")
 RAW_FORMATS = ("none", "npy")
-PARAMETERS = ("method", "target", "topk", "style", "format", "raw", "alpha", "model")
+#: Method options a request may set (``samples``, ``steps``, ``layer`` …), read from the registry.
+OPTIONS: tuple[str, ...] = tuple(dict.fromkeys(k for m in REGISTRY.values() for k in m.options))
+#: Options that multiply the work of a request, and so are capped by ``Settings.max_samples``.
+COSTLY_OPTIONS = ("samples", "steps", "batch_size")
+PARAMETERS = ("method", "target", "topk", "style", "format", "raw", "alpha", "model") + OPTIONS
 
 
 class InMemoryRequest(Request):
@@ -40,6 +44,7 @@ class ExplainRequest:
     format: str = "json"
     raw: str = "none"
     alpha: float = DEFAULT_ALPHA
+    options: tuple[tuple[str, Any], ...] = ()
 
 
 def parse_explain_request(request: Request, settings: Settings, model_name: str) -> ExplainRequest:
@@ -59,8 +64,9 @@ def parse_explain_request(request: Request, settings: Settings, model_name: str)
     if target is not None and topk is not None:
         raise RequestError("give either 'target' (the class to explain) or 'topk' (the k most likely classes), not both")
     fmt = _choice(_one(values, "format"), "format", FORMATS, "json")
+    methods = _methods(values.getlist("method"), settings)
     parsed = ExplainRequest(
-        images=images, names=names, methods=_methods(values.getlist("method"), settings),
+        images=images, names=names, methods=methods, options=_options(values, methods, settings),
         target=target, topk=topk or 1, style=_choice(_one(values, "style"), "style", STYLES, DEFAULT_STYLE),
         format=fmt, raw=_choice(_one(values, "raw"), "raw", RAW_FORMATS, "none"),
         alpha=_float(_one(values, "alpha"), "alpha", 0.0, 1.0, DEFAULT_ALPHA))
@@ -120,6 +126,15 @@ def _methods(raw: list[str], settings: Settings) -> tuple[str, ...]:
         raise UnknownMethodError(f"method {', '.join(map(repr, refused))} is not offered by this server; "
                                  f"choose from {', '.join(settings.methods)} or 'all'")
     return chosen
+
+
+def _options(values, methods: tuple[str, ...], settings: Settings) -> tuple[tuple[str, Any], ...]:
+    given = {name: _one(values, name) for name in OPTIONS if _one(values, name) is not None}
+    merged = resolve_options([REGISTRY[m] for m in methods], given)  # unknown for these methods: 400
+    for name in COSTLY_OPTIONS:
+        if name in given and merged[name] > settings.max_samples:
+            raise RequestError(f"{name} must be at most {settings.max_samples} on this server, got {merged[name]}")
+    return tuple((name, merged[name]) for name in given)
 
 
 def _target(raw: str | None) -> int | str | None:

@@ -96,7 +96,8 @@ def run(model: Any, req: ExplainRequest, max_pixels: int) -> Outcome:
                 break  # fewer classes than topk
             target = _target_for(rank, fixed_target, indices, probabilities)
             with timer.stage("explain"):
-                result = saliency.explain(model.module, x, methods=req.methods, target=target)
+                result = saliency.explain(model.module, x, methods=req.methods, target=target,
+                                          options=dict(req.options))
             for k, v in result.seconds.items():
                 method_seconds[k] += v
             notes += [w for w in result.warnings if w not in notes]

@@ -60,7 +60,8 @@ def methods() -> Response:
     return jsonify(
         default=s.settings.default_method,
         methods=[{"name": m.name, "title": m.title, "summary": m.summary, "citation": m.citation,
-                  "needs_relu": m.needs_relu} for m in offered],
+                  "needs_relu": m.needs_relu, "needs_layer": m.needs_layer, "options": dict(m.options)}
+                 for m in offered],
         styles=[{"name": style, "convention": convention(style)} for style in STYLES])
 
 

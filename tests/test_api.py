@@ -165,6 +165,16 @@ def test_raw_image_body_is_accepted(client):
     assert response.get_json()["results"][0]["width"] == 96
 
 
+def test_method_options_reach_the_library(app, client):
+    data = encode(picture())
+    body = post(client, data, "?method=smoothgrad&samples=3&noise=0.2&seed=5&raw=npy").get_json()
+    model = model_of(app)
+    x = model.prepare(open_image(data)).tensor
+    expected = saliency.explain(model.module, x, methods="smoothgrad", options={"samples": 3, "noise": 0.2, "seed": 5})
+    np.testing.assert_allclose(decode_npy(body["results"][0]["explanations"][0]["maps"]["smoothgrad"]["npy"]),
+                               expected["smoothgrad"][0].numpy(), rtol=1e-4, atol=1e-6)
+
+
 def test_target_by_index_and_by_label(app, client):
     model = model_of(app)
     data = encode(picture())
@@ -251,7 +261,7 @@ def test_bad_files_are_4xx_json(client, case):
 
 
 BAD_REQUESTS = {
-    "unknown method": ("?method=gradcam", 400, "unknown_method"),
+    "unknown method": ("?method=lime", 400, "unknown_method"),
     "one unknown method among good ones": ("?method=vanilla,nope", 400, "unknown_method"),
     "unknown model": ("?model=resnet9000", 404, "unknown_model"),
     "target out of range": ("?target=100000", 400, "invalid_target"),
@@ -268,6 +278,10 @@ BAD_REQUESTS = {
     "repeated format": ("?format=png&format=json", 400, "bad_request"),
     "png with two methods": ("?format=png&method=vanilla,guided", 400, "bad_request"),
     "png with topk": ("?format=png&topk=2", 400, "bad_request"),
+    "option of another method": ("?method=vanilla&samples=4", 400, "invalid_option"),
+    "option of the wrong type": ("?method=smoothgrad&samples=few", 400, "invalid_option"),
+    "option too costly": ("?method=smoothgrad&samples=100000", 400, "bad_request"),
+    "unknown layer": ("?method=gradcam&layer=no.such.layer", 400, None),
 }
 
 

@@ -31,7 +31,9 @@ function choice(container, type, name, value, text, checked, title) {
 async function loadOptions() {
   try {
     const [methods, models] = await Promise.all([getJSON("v1/methods"), getJSON("v1/models")]);
-    for (const m of methods.methods) choice($("methods"), "checkbox", "method", m.name, m.title, true, `${m.summary}\n${m.citation}`);
+    // methods that run many passes of their own (samples, steps) start unticked: they are slower
+    const costly = (m) => "samples" in m.options || "steps" in m.options;
+    for (const m of methods.methods) choice($("methods"), "checkbox", "method", m.name, m.title, !costly(m), `${m.summary}\n${m.citation}`);
     methods.styles.forEach((s, i) => choice($("styles"), "radio", "style", s.name, s.name, i === 0, s.convention));
     $("model-line").textContent = `Model: ${models.serving.name} (${models.serving.classes} classes). Drop an image to compare methods.`;
   } catch (err) {
