@@ -41,6 +41,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     try:
         loaded = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "unsupported global" not in str(exc).lower():   # garbage, not a file of Python objects
+            raise WeightsError(f"cannot read weights file '{file}' ({exc}); is it a file saved by "
+                               "torch.save and complete?") from exc
         raise WeightsError(
             f"weights file '{file}' holds Python objects that are not loaded for safety "
             "(torch.load with weights_only=True refused it); save torch.save(model.state_dict(), path) "
@@ -71,7 +74,8 @@ def _unwrap(loaded: object) -> dict[str, Tensor] | None:
 def apply_state_dict(module: nn.Module, state: Mapping[str, Tensor], *, source: str, model: str) -> None:
     """Load ``state`` into ``module`` strictly; a mismatch raises :class:`WeightsError` saying where."""
     own = module.state_dict()
-    missing = [k for k in own if k not in state]
+    # BatchNorm fills in num_batches_tracked itself when old checkpoints lack it
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
     mismatched = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
     if missing or unexpected or mismatched:

@@ -104,6 +104,9 @@ def load(name: str, weights: str | os.PathLike | None = None, *, download: bool 
         chosen = weights_for(arch)
         module = _build(arch, chosen, num_classes, pretrained=False, aux=False)
         return module.eval(), chosen, "random initialisation"
+    if text is not None and not is_weights_name(arch, text) and not os.path.exists(text) \
+            and re.fullmatch(r"\w+", text):
+        weights_for(arch, text)  # raises: neither a file nor one of the architecture's weights names
     if text is not None and not is_weights_name(arch, text):
         chosen = weights_for(arch)
         state = read_state_dict(text)
