@@ -11,28 +11,36 @@ built on the metric functions (:func:`spearman`, :func:`ssim`, :func:`pointing_g
 :data:`saliency.METHODS`.
 """
 
-from saliency.evaluation.class_sensitivity import (ClassSensitivity, ImageRecovery, class_sensitivity,
-                                                   image_recovery, other_classes, random_conv_relu_pool,
-                                                   random_vgg16)
-from saliency.evaluation.data import EvalImages, shapes_images
-from saliency.evaluation.faithfulness import (FaithfulnessScores, auc, blur, deletion_curve, faithfulness,
-                                              insertion_curve, perturbation_curve, pixel_order)
-from saliency.evaluation.localization import (LocalizationScores, centre_map, default_tolerance, localization,
-                                              pointing_game, random_map, relevance_mass)
-from saliency.evaluation.randomization import (Block, RandomizationCurve, blocks, cascading_randomization,
-                                               independent_randomization, parameter_layers, randomize_)
-from saliency.evaluation.report import markdown_report, results_json, tables, text_report, write_all
-from saliency.evaluation.runner import CHECKS, Evaluation, UnknownCheckError, evaluate, resolve_checks
-from saliency.evaluation.similarity import (METRICS, magnitude, map_similarity, normalise, pearson, signed,
-                                            spearman, ssim)
+import importlib
+from typing import Any
 
-__all__ = [
-    "CHECKS", "METRICS", "Block", "ClassSensitivity", "EvalImages", "Evaluation", "FaithfulnessScores",
-    "ImageRecovery", "LocalizationScores", "RandomizationCurve", "UnknownCheckError", "auc", "blocks", "blur",
-    "cascading_randomization", "centre_map", "class_sensitivity", "default_tolerance", "deletion_curve", "evaluate",
-    "faithfulness", "insertion_curve", "image_recovery", "independent_randomization", "localization", "magnitude",
-    "map_similarity", "markdown_report", "normalise", "other_classes", "parameter_layers", "pearson",
-    "perturbation_curve", "pixel_order", "pointing_game", "random_conv_relu_pool", "random_map",
-    "random_vgg16", "randomize_", "relevance_mass", "resolve_checks", "results_json", "shapes_images",
-    "signed", "spearman", "ssim", "tables", "text_report", "write_all",
-]
+_WHERE: dict[str, str] = {
+    **dict.fromkeys(("METRICS", "magnitude", "map_similarity", "normalise", "pearson", "signed", "spearman",
+                     "ssim"), "similarity"),
+    **dict.fromkeys(("Block", "RandomizationCurve", "blocks", "cascading_randomization",
+                     "independent_randomization", "parameter_layers", "randomize_"), "randomization"),
+    **dict.fromkeys(("ClassSensitivity", "ImageRecovery", "class_sensitivity", "image_recovery", "other_classes",
+                     "random_conv_relu_pool", "random_vgg16"), "class_sensitivity"),
+    **dict.fromkeys(("LocalizationScores", "centre_map", "default_tolerance", "localization", "pointing_game",
+                     "random_map", "relevance_mass"), "localization"),
+    **dict.fromkeys(("FaithfulnessScores", "auc", "blur", "deletion_curve", "faithfulness", "insertion_curve",
+                     "perturbation_curve", "pixel_order"), "faithfulness"),
+    **dict.fromkeys(("EvalImages", "shapes_images"), "data"),
+    **dict.fromkeys(("CHECKS", "Check", "UnknownCheckError", "resolve_checks"), "checks"),
+    **dict.fromkeys(("Evaluation", "evaluate"), "runner"),
+    **dict.fromkeys(("markdown_report", "results_json", "tables", "text_report", "write_all"), "report"),
+}
+"""Public name -> the submodule defining it; imported on first use, so ``saliency eval --help`` and
+``saliency`` itself start without loading matplotlib and torchvision."""
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'saliency.evaluation' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"saliency.evaluation.{_WHERE[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

@@ -1,4 +1,8 @@
-"""``saliency eval``: run the sanity checks from the command line, print tables, write plots and JSON."""
+"""``saliency eval``: run the sanity checks from the command line, print tables, write plots and JSON.
+
+``add_parser(subparsers)`` registers the subcommand; ``run(args)`` runs it. Errors are raised as
+:class:`~saliency.errors.SaliencyError`, which the ``saliency`` command prints as one line.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +10,34 @@ import argparse
 import sys
 
 DEFAULT_OUT = "saliency-eval"
+EXAMPLES = (
+    "saliency eval",
+    "saliency eval --checks randomisation,faithfulness --methods vanilla,guided --n-images 4",
+    "saliency eval --model resnet18 --weights random --methods vanilla,deconvnet,guided,gradcam --n-images 4",
+)
 
 
-def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``eval`` on the ``saliency`` command's subparsers."""
-    from saliency import cli
-    from saliency.evaluation.runner import CHECKS, DEFAULT_IMAGES
+    from saliency.evaluation.checks import CHECKS, DEFAULT_IMAGES
+    from saliency.methods import METHODS
 
-    p = cli._command(commands, "eval", run,
-                     "sanity checks of the methods: randomisation, class sensitivity, localisation, faithfulness",
-                     "saliency eval",
-                     "saliency eval --checks randomisation,faithfulness --methods vanilla,guided --n-images 4",
-                     "saliency eval --model resnet18 --weights random --n-images 2 --out eval-resnet18/")
-    cli._add_model_options(p)
+    summary = "sanity checks of the methods: randomisation, class sensitivity, localisation, faithfulness"
+    p = subparsers.add_parser(
+        "eval", help=summary, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=summary[0].upper() + summary[1:] + ". Prints a table per check and writes plots, "
+                    "tables.md and results.json.",
+        epilog="examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES))
+    p.set_defaults(run=run)
+    p.add_argument("--model", default="demo", metavar="NAME",
+                   help="demo, a torchvision name (resnet18) or pkg.module:factory (default: demo)")
+    p.add_argument("--weights", metavar="FILE",
+                   help="a state-dict file, or 'random' for the architecture's random initialisation")
     p.add_argument("--methods", default="all", metavar="NAMES",
-                   help=f"{', '.join(cli._methods())} or all, separated by commas (default: all)")
+                   help=f"{', '.join(METHODS)} or all, separated by commas (default: all)")
     p.add_argument("--checks", default="all", metavar="NAMES",
                    help=f"{', '.join(CHECKS)} or all, separated by commas (default: all)")
-    p.add_argument("--n-images", type=cli._positive_int, default=DEFAULT_IMAGES, metavar="N",
+    p.add_argument("--n-images", type=_positive_int, default=DEFAULT_IMAGES, metavar="N",
                    help=f"shapes images to evaluate on (default: {DEFAULT_IMAGES}, one per class)")
     p.add_argument("--seed", type=int, default=0, help="picks the images, random maps and weights (default: 0)")
     p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
@@ -32,15 +46,16 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Resolve names first (fast errors), then load the model, run the checks, print and write."""
-    from saliency import cli
+    """Check the names first (fast errors), then load the model, run the checks, print and write."""
     from saliency.evaluation.report import text_report, write_all
-    from saliency.evaluation.runner import evaluate, resolve_checks
+    from saliency.evaluation.checks import resolve_checks
+    from saliency.evaluation.runner import evaluate
     from saliency.methods import resolve_methods
+    from saliency.models import load_model
 
-    methods = [m.name for m in resolve_methods(cli._split(args.methods))]
-    checks = resolve_checks(cli._split(args.checks))
-    loaded = cli._load_model(args)
+    methods = [m.name for m in resolve_methods(_split(args.methods))]
+    checks = resolve_checks(_split(args.checks))
+    loaded = load_model(args.model, weights=args.weights)
     print(f"model {loaded.name} ({loaded.weights}); {args.n_images} shapes images, seed {args.seed}", flush=True)
     evaluation = evaluate(loaded, methods, checks, n_images=args.n_images, seed=args.seed,
                           progress=sys.stderr.isatty())
@@ -48,3 +63,17 @@ def run(args: argparse.Namespace) -> int:
     written = write_all(evaluation, args.out)
     print(f"\nwrote {len(written)} files to {args.out}/ ({', '.join(p.name for p in written)})")
     return 0
+
+
+def _split(names: str) -> list[str]:
+    return [n.strip() for n in names.split(",") if n.strip()]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
+    return value

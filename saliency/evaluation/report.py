@@ -13,7 +13,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from saliency.evaluation.runner import CHECKS, Evaluation
+from saliency.evaluation.checks import CHECKS
+from saliency.evaluation.runner import Evaluation
 from saliency.evaluation.similarity import METRICS
 from saliency.render import write_atomic
 
