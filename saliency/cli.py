@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models(commands)
     _add_serve(commands)
     _add_train_demo(commands)
+    from saliency.evaluation.command import add_parser as add_eval
+    add_eval(commands)
     return parser
 
 
