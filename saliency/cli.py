@@ -188,7 +188,7 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
     _add_model_options(p)
     _add_method_options(p, "--methods")
     p.add_argument("--target", metavar="CLASS", help="class to explain, by label or index (default: the top-1 class)")
-    _add_render_options(p, default_style="overlay")
+    _add_render_options(p, default_style="heatmap")
     p.add_argument("--out", metavar="FILE", help="where to write the figure (default: IMAGE-STEM-compare.png)")
 
 

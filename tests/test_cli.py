@@ -1,0 +1,240 @@
+"""The ``saliency`` command end to end on the bundled demo model and example images."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import saliency
+from saliency.cli import main
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+STAR = EXAMPLES / "star.png"
+EXECUTABLE = Path(sys.executable).with_name("saliency")
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("saliency: error: ")
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture
+def photo(tmp_path) -> Path:
+    """The star example stretched to a non-square 'photo', so mapping back to its size is visible."""
+    path = tmp_path / "wide photo.png"
+    Image.open(STAR).convert("RGB").resize((96, 64)).save(path)
+    return path
+
+
+def test_version_and_help_through_the_installed_entry_point():
+    done = subprocess.run([str(EXECUTABLE), "--version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == f"saliency {saliency.__version__}"
+    done = subprocess.run([str(EXECUTABLE), "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0
+    for command in ("explain", "compare", "models", "serve", "train-demo"):
+        assert command in done.stdout
+
+
+@pytest.mark.parametrize("command", ["explain", "compare", "models", "serve", "train-demo"])
+def test_every_command_has_help_with_examples(capsys, command):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and f"saliency {command}" in out
+
+
+def test_explain_writes_one_png_per_method_at_the_image_size(capsys, tmp_path):
+    out_dir = tmp_path / "maps"
+    code, out, err = run(capsys, "explain", str(STAR), "--out", str(out_dir))
+    assert code == 0, err
+    files = sorted(out_dir.iterdir())
+    assert len(files) == len(saliency.RULE_METHODS)                # the default: the three ReLU rules
+    original = Image.open(STAR).size
+    for method in saliency.RULE_METHODS:
+        (path,) = [f for f in files if f.name.startswith(f"star-{method}-")]
+        picture = Image.open(path)
+        assert picture.format == "PNG" and picture.size == original
+        assert "max over channels of |attribution|" in picture.text["Description"]
+        assert str(path) in out
+    first = out.splitlines()[0]
+    assert first.startswith(f"{STAR}: ") and "%" in first        # top predictions with probabilities
+    assert "99th percentile" in out
+
+
+def test_explain_maps_heatmaps_to_the_crop_and_overlays_to_the_whole_picture(capsys, tmp_path, photo):
+    code, _, err = run(capsys, "explain", str(photo), "--method", "guided", "--style", "overlay",
+                       "--out", str(tmp_path / "o"))
+    assert code == 0, err
+    (overlay,) = (tmp_path / "o").iterdir()
+    assert Image.open(overlay).size == (96, 64)
+    code, _, err = run(capsys, "explain", str(photo), "--method", "vanilla,guided", "--style", "rgb",
+                       "--out", str(tmp_path / "r"))
+    assert code == 0, err
+    pictures = sorted((tmp_path / "r").iterdir())
+    assert len(pictures) == 2
+    assert {Image.open(p).size for p in pictures} == {(64, 64)}   # the centre crop the model saw
+
+
+def test_explain_takes_folders_and_globs_and_topk(capsys, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    images = sorted(p for p in EXAMPLES.glob("*.png") if ".mask." not in p.name)[:2]
+    for image in images:
+        (folder / image.name).write_bytes(image.read_bytes())
+    (folder / "notes.txt").write_text("not an image")
+    code, out, err = run(capsys, "explain", str(folder), "--method", "guided", "--topk", "2",
+                         "--out", str(tmp_path / "a"))
+    assert code == 0, err
+    assert len(list((tmp_path / "a").iterdir())) == len(images) * 2
+    code, out, err = run(capsys, "explain", str(folder / "*.png"), "--method", "all", "--option", "samples=3",
+                         "--option", "steps=3", "--out", str(tmp_path / "b"))
+    assert code == 0, err
+    written = sorted((tmp_path / "b").iterdir())
+    assert len(written) == len(images) * len(saliency.METHODS)
+    assert not [p for p in written if not p.name.endswith(".png")]   # no temporary files left
+
+
+def test_explain_target_by_label_and_index(capsys, tmp_path):
+    from saliency.models import load_model
+
+    labels = load_model("demo").labels
+    code, _, err = run(capsys, "explain", str(STAR), "--method", "vanilla", "--target", labels[1],
+                       "--target", "0", "--out", str(tmp_path))
+    assert code == 0, err
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert len(names) == 2
+    assert any(name.endswith(f"-{labels[1]}.png") for name in names)
+    assert any(name.endswith(f"-{labels[0]}.png") for name in names)
+
+
+def test_compare_draws_one_panel_per_method_and_prints_the_table(capsys, tmp_path):
+    grid = tmp_path / "grid.png"
+    code, out, err = run(capsys, "compare", str(STAR), "--out", str(grid))
+    assert code == 0, err
+    picture = Image.open(grid)
+    assert picture.format == "PNG" and picture.width > picture.height
+    assert _panels(picture) == 1 + len(saliency.RULE_METHODS)
+    table = out[out.index("method"):].splitlines()
+    for method in saliency.RULE_METHODS:
+        row = next(line for line in table if line.startswith(method))
+        assert " ms" in row and len(row.split()) == 3 + len(saliency.RULE_METHODS)
+    assert "Spearman" in out and str(grid) in out
+
+    code, out, err = run(capsys, "compare", str(STAR), "--methods", "all", "--option", "samples=3",
+                         "--option", "steps=3", "--style", "overlay", "--out", str(grid))
+    assert code == 0, err
+    assert _panels(Image.open(grid)) == 1 + len(saliency.METHODS)
+
+    code, out, err = run(capsys, "compare", str(STAR), "--methods", "vanilla,guided", "--style", "heatmap",
+                         "--out", str(grid))
+    assert code == 0, err
+    assert _panels(Image.open(grid)) == 3
+
+
+def test_models_lists_the_demo(capsys):
+    code, out, _ = run(capsys, "models")
+    assert code == 0
+    assert any(line.split()[0] == "demo" for line in out.splitlines() if line.strip())
+
+
+def test_train_demo_writes_weights_that_explain_can_load(capsys, tmp_path):
+    weights = tmp_path / "tiny.pt"
+    code, out, err = run(capsys, "train-demo", "--steps", "2", "--train-images", "32", "--test-images", "16",
+                         "--out", str(weights))
+    assert code == 0, err
+    assert weights.is_file() and f"--weights {weights}" in out
+    code, _, err = run(capsys, "explain", str(STAR), "--weights", str(weights), "--method", "guided",
+                       "--out", str(tmp_path / "maps"))
+    assert code == 0, err
+    assert len(list((tmp_path / "maps").iterdir())) == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["explain", "no/such/file.png"], "does not exist"),
+    (["explain", "no/such/*.png"], "no file matches"),
+    (["compare", "no/such/file.png"], "does not exist"),
+    (["explain", str(STAR), "--model", "no_such_model"], "no_such_model"),
+    (["explain", str(STAR), "--method", "occlusion"], "unknown method 'occlusion'"),
+    (["compare", str(STAR), "--methods", "vanilla,nope"], "unknown method 'nope'"),
+    (["explain", str(STAR), "--target", "100000"], "100000"),
+    (["explain", str(STAR), "--target", "no such class"], "no such class"),
+    (["compare", str(STAR), "--target", "-1"], "-1"),
+    (["explain", str(STAR), "--topk", "100000"], "--topk"),
+    (["explain", str(STAR), "--cmap", "nope"], "colormap"),
+    (["explain", str(STAR), "--weights", "no/such/weights.pt"], "weights.pt"),
+    (["explain", str(STAR), "--option", "samples=3"], "samples"),
+    (["compare", str(STAR), "--methods", "smoothgrad", "--option", "samples=many"], "samples"),
+])
+def test_bad_input_gives_one_error_line_and_a_nonzero_exit(capsys, tmp_path, argv, message):
+    code, out, err = run(capsys, *argv, "--out", str(tmp_path / "out"))
+    assert code != 0
+    assert message in one_error_line(err)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_torchvision_weights_missing_offline_say_what_to_do(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("SALIENCY_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))     # an empty cache
+    code, _, err = run(capsys, "explain", str(STAR), "--model", "resnet18", "--out", str(tmp_path / "out"))
+    assert code == 1
+    line = one_error_line(err)
+    assert "resnet18" in line.lower() and "--weights" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_file_that_is_not_an_image_is_reported(capsys, tmp_path):
+    fake = tmp_path / "fake.png"
+    fake.write_text("hello")
+    code, _, err = run(capsys, "explain", str(fake), "--out", str(tmp_path / "out"))
+    assert code == 1 and "fake.png" in one_error_line(err)
+    code, _, err = run(capsys, "compare", str(fake), "--out", str(tmp_path / "c.png"))
+    assert code == 1 and "not an image" in one_error_line(err)
+
+
+def test_one_bad_image_among_many_still_explains_the_rest(capsys, tmp_path):
+    fake = tmp_path / "fake.png"
+    fake.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    code, out, err = run(capsys, "explain", str(STAR), str(fake), "--method", "vanilla",
+                         "--out", str(tmp_path / "out"))
+    assert code == 1
+    assert len(list((tmp_path / "out").iterdir())) == 1
+    assert "fake.png" in err and "1 of 2 images" in err and "Traceback" not in err
+
+
+def test_a_bad_option_value_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["explain", str(STAR), "--alpha", "2"])
+    assert exit_.value.code == 2
+    assert "between 0 and 1" in capsys.readouterr().err
+
+
+def test_errors_through_the_installed_entry_point_have_no_traceback(tmp_path):
+    done = subprocess.run([str(EXECUTABLE), "explain", str(tmp_path / "missing.png")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.startswith("saliency: error: ") and "Traceback" not in done.stderr
+
+
+def _panels(picture: Image.Image) -> int:
+    """Picture panels side by side: runs of non-white columns across the figure's middle band."""
+    pixels = np.asarray(picture.convert("L"))
+    band = pixels[int(pixels.shape[0] * 0.4):int(pixels.shape[0] * 0.6)]
+    inked = (band < 245).any(axis=0)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], inked.astype(int), [0]])))
+    widths = edges[1::2] - edges[::2]
+    return int((widths > pixels.shape[1] // 20).sum())
