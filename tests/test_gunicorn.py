@@ -147,3 +147,12 @@ def test_a_model_that_cannot_load_stops_the_server_with_one_clear_line(tmp_path)
     assert "unknown model 'no-such-model'" in done.stderr
     assert "ServerStartError: the service did not start" in done.stderr
     assert done.stderr.count("Traceback") <= 1  # the worker logs one line, not a traceback
+
+
+def test_dev_mode_serves_with_flasks_own_server(tmp_path):
+    port = free_port()
+    command = [sys.executable, "-c",
+               f"from saliency.api import serve; serve('127.0.0.1', {port}, dev=True, model='demo')"]
+    with running_server(command, port, tmp_path / "dev.log") as url:
+        assert "gunicorn" not in requests.get(f"{url}/healthz", timeout=10).headers.get("Server", "")
+        assert explain(url, images()[2], "vanilla")["results"][0]["width"] == 40
