@@ -6,6 +6,7 @@ import base64
 import io
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,7 @@ import torch
 import saliency
 from saliency.api.parsing import ExplainRequest
 from saliency.images import open_image
+from saliency.models import LoadedModel
 from saliency.render import convention, render_batch, to_png
 
 TOP_PREDICTIONS = 5
@@ -65,7 +67,7 @@ class Outcome:
 
     request: ExplainRequest
     sizes: list[tuple[int, int]]
-    boxes: list[tuple[float, float, float, float]]
+    boxes: list[tuple[int, int, int, int]]
     probabilities: torch.Tensor            # [B, classes]
     targets: list[list[int]]               # per image: the classes explained, in order
     pictures: list[Picture]
@@ -75,7 +77,7 @@ class Outcome:
     timer: Timer
 
 
-def run(model: Any, req: ExplainRequest, max_pixels: int) -> Outcome:
+def run(model: LoadedModel, req: ExplainRequest, max_pixels: int) -> Outcome:
     """Explain every image of ``req`` with ``model`` (a loaded model) as one batch per input size."""
     timer = Timer()
     with timer.stage("decode"):
@@ -119,7 +121,7 @@ def run(model: Any, req: ExplainRequest, max_pixels: int) -> Outcome:
                    warnings=notes, activations=activations, method_seconds=dict(method_seconds), timer=timer)
 
 
-def to_json(outcome: Outcome, model: Any) -> dict[str, Any]:
+def to_json(outcome: Outcome, model: LoadedModel) -> dict[str, Any]:
     """The JSON body: per image, its predictions and, per explained class, one PNG data URI per method."""
     req = outcome.request
     labels = model.labels
@@ -140,7 +142,7 @@ def to_json(outcome: Outcome, model: Any) -> dict[str, Any]:
                 explanations.append({"target": _class(target, probs, labels), "maps": maps})
             results.append({
                 "name": req.names[i], "width": outcome.sizes[i][0], "height": outcome.sizes[i][1],
-                "box": [float(v) for v in outcome.boxes[i]],
+                "box": [int(v) for v in outcome.boxes[i]],
                 "predictions": [_class(int(c), probs, labels) for c in top.indices],
                 "explanations": explanations,
             })
@@ -166,7 +168,7 @@ def encode_npy(array: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _class(index: int, probabilities: torch.Tensor, labels: list[str]) -> dict[str, Any]:
+def _class(index: int, probabilities: torch.Tensor, labels: Sequence[str]) -> dict[str, Any]:
     label = labels[index] if 0 <= index < len(labels) else str(index)
     return {"index": index, "label": label, "probability": round(float(probabilities[index]), 6)}
 

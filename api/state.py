@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
 from flask import current_app
 
 from saliency.api.config import Settings
 from saliency.api.metrics import Metrics
+from saliency.models import LoadedModel
 
 EXTENSION = "saliency"
 
@@ -16,7 +15,7 @@ EXTENSION = "saliency"
 @dataclass(frozen=True)
 class AppState:
     settings: Settings
-    model: Any  # saliency.models.LoadedModel
+    model: LoadedModel
     metrics: Metrics
 
 

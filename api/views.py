@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import quote
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -12,7 +11,7 @@ from saliency.api.openapi import openapi_document
 from saliency.api.parsing import parse_explain_request
 from saliency.api.service import Outcome, run, to_json
 from saliency.api.state import state
-from saliency.models import available_models
+from saliency.models import LoadedModel, available_models
 from saliency.render import STYLES, convention
 
 bp = Blueprint("saliency", __name__)
@@ -89,7 +88,7 @@ def metrics() -> Response:
     return state().metrics.exposition()
 
 
-def _png_response(outcome: Outcome, model: Any) -> Response:
+def _png_response(outcome: Outcome, model: LoadedModel) -> Response:
     picture = outcome.pictures[0]
     probability = float(outcome.probabilities[0][picture.target])
     label = model.labels[picture.target] if picture.target < len(model.labels) else str(picture.target)
