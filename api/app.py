@@ -10,13 +10,13 @@ import torch
 from flask import Flask
 
 import saliency
-
-from saliency.api.config import Settings, load_settings
+from saliency.api.config import load_settings
 from saliency.api.errors import register_error_handlers
 from saliency.api.metrics import Metrics
 from saliency.api.parsing import InMemoryRequest
 from saliency.api.state import EXTENSION, AppState
 from saliency.api.views import bp
+from saliency.models import LoadedModel, load_model
 from saliency.render import render_batch
 
 log = logging.getLogger("saliency.api")
@@ -29,8 +29,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     :class:`~saliency.api.config.Settings` fields, e.g. ``{"model": "demo", "max_upload_mb": 2}``;
     other keys, such as ``TESTING``, go to ``app.config``).
     """
-    from saliency.models import load_model
-
     settings = load_settings(config)
     app = Flask(__name__, static_folder="static", static_url_path="/static")
     app.request_class = InMemoryRequest
@@ -50,13 +48,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     return app
 
 
-def warm_up(model: Any) -> None:
+def warm_up(model: LoadedModel) -> None:
     """Explain and render one blank input, so that the first request pays no one-off costs."""
     blank = torch.zeros((1, *model.preprocessing.shape))
     result = saliency.explain(model.module, blank, methods="vanilla")
     render_batch(result["vanilla"].cpu(), "heatmap")
 
-
-def settings_of(app: Flask) -> Settings:
-    """The settings ``app`` was created with."""
-    return app.extensions[EXTENSION].settings

@@ -38,7 +38,7 @@ class ExplainRequest:
     images: tuple[bytes, ...]
     names: tuple[str, ...]
     methods: tuple[str, ...]
-    target: int | str | None = None
+    target: str | None = None
     topk: int = 1
     style: str = DEFAULT_STYLE
     format: str = "json"
@@ -59,7 +59,7 @@ def parse_explain_request(request: Request, settings: Settings, model_name: str)
         raise UnknownModelError(f"this server serves the model {model_name!r}, not {model!r}; "
                                 "leave out 'model' or start a server with SALIENCY_MODEL set")
     images, names = _images(request, settings)
-    target = _target(_one(values, "target"))
+    target = _one(values, "target")  # an index or a label: the model's class_index decides
     topk = _int(_one(values, "topk"), "topk", 1, settings.max_topk)
     if target is not None and topk is not None:
         raise RequestError("give either 'target' (the class to explain) or 'topk' (the k most likely classes), not both")
@@ -129,21 +129,12 @@ def _methods(raw: list[str], settings: Settings) -> tuple[str, ...]:
 
 
 def _options(values, methods: tuple[str, ...], settings: Settings) -> tuple[tuple[str, Any], ...]:
-    given = {name: _one(values, name) for name in OPTIONS if _one(values, name) is not None}
+    given = {name: value for name in OPTIONS if (value := _one(values, name)) is not None}
     merged = resolve_options([REGISTRY[m] for m in methods], given)  # unknown for these methods: 400
     for name in COSTLY_OPTIONS:
         if name in given and merged[name] > settings.max_samples:
             raise RequestError(f"{name} must be at most {settings.max_samples} on this server, got {merged[name]}")
     return tuple((name, merged[name]) for name in given)
-
-
-def _target(raw: str | None) -> int | str | None:
-    if raw is None:
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        return raw
 
 
 def _int(raw: str | None, name: str, low: int, high: int) -> int | None:
