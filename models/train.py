@@ -57,9 +57,20 @@ def train_demo(out_path: str | os.PathLike | None = WEIGHTS_PATH, *, steps: int 
     """
     if steps < 1 or batch_size < 1 or train_images < 1:
         raise ValueError("steps, batch_size and train_images must be positive")
+    previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
-    say = log or (lambda _line: None)
+    try:
+        return _train(out_path, steps=steps, batch_size=batch_size, train_images=train_images,
+                      test_images=test_images, seed=seed, learning_rate=learning_rate, widths=widths,
+                      eval_every=eval_every, say=log or (lambda _line: None))
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(out_path: str | os.PathLike | None, *, steps: int, batch_size: int, train_images: int,
+           test_images: int, seed: int, learning_rate: float, widths: tuple[int, ...] | None,
+           eval_every: int | None, say: Callable[[str], None]) -> TrainResult:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
