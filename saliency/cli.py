@@ -147,8 +147,8 @@ def run_explain(args: argparse.Namespace) -> int:
     progress.close()
     for note in notes:
         print(f"{PROG}: warning: {note}", file=sys.stderr)
-    print(f"wrote {written} file{'s' * (written != 1)} to {out_dir}/ "
-          f"({style['style']}: {_convention(style)})")
+    print(f"wrote {written} file{'s' * (written != 1)} to {out_dir}/")
+    print(f"{style['style']} convention: {_convention(style)}")
     if failures:
         return _fail(f"{failures} of {len(paths)} images could not be read (see above)")
     return 0
