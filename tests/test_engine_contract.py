@@ -112,10 +112,15 @@ def test_works_inside_no_grad_and_inference_mode(net, context):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu(net):
-    cpu = saliency.explain(net, X, methods="all", target=1)
+    """Every method on CUDA equals the CPU result; SmoothGrad's noise differs by device, so it is
+    held to its own seed there."""
+    same_everywhere = [m for m in saliency.METHODS if m != "smoothgrad"]
+    cpu = saliency.explain(net, X, methods=same_everywhere, target=1)
     gpu_net = SmallNet().cuda().eval()
     gpu_net.load_state_dict(net.state_dict())
     gpu = saliency.explain(gpu_net, X, methods="all", target=1)
-    for method in saliency.METHODS:
+    for method in same_everywhere:
         assert gpu[method].device.type == "cuda"
         assert torch.allclose(gpu[method].cpu(), cpu[method], rtol=1e-3, atol=1e-3 * cpu[method].abs().max().item())
+    again = saliency.explain(gpu_net, X, methods="smoothgrad", target=1)["smoothgrad"]
+    assert torch.allclose(gpu["smoothgrad"], again, rtol=1e-5, atol=1e-7)

@@ -139,6 +139,12 @@ def test_bad_options_are_clear_errors(demo, options, message):
         saliency.explain(demo, _inputs(64), "smoothgrad", options=options)
 
 
+def test_gradcam_without_any_conv_feature_map_is_a_clear_error():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))
+    with pytest.raises(saliency.SaliencyError, match="feature map"):
+        saliency.explain(model, torch.randn(1, 3, 2, 2), "gradcam")
+
+
 def test_unknown_layer_and_quadrature_are_clear_errors(demo):
     with pytest.raises(OptionError, match="no layer 'nope'"):
         saliency.explain(demo, _inputs(64), "gradcam", options={"layer": "nope"})
