@@ -107,6 +107,9 @@ def figure_png(fig: Figure) -> bytes:
     """PNG bytes of a figure (Agg backend, no window, no global pyplot state)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", facecolor="white")
+    rgb = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")  # opaque: a third smaller
+    buffer = io.BytesIO()
+    rgb.save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
 
 

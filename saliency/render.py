@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
+import secrets
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Sequence, Union
@@ -161,7 +161,9 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
+    # os.open with 0o666 lets the umask decide the permissions, as for any new file
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

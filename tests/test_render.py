@@ -165,6 +165,15 @@ def test_save_png_is_atomic_and_leaves_no_temporary_files(tmp_path):
     assert os.listdir(target.parent) == ["map.png"]
 
 
+def test_written_files_get_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = render.write_atomic(tmp_path / "x.png", b"data")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
 def test_a_failed_write_keeps_the_previous_file(tmp_path):
     target = tmp_path / "map.png"
     target.write_bytes(b"old")
