@@ -12,6 +12,44 @@ from saliency.render import STYLES
 ERROR = {"$ref": "#/components/responses/Error"}
 
 
+def _object(properties: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"type": "object", "required": list(properties), "properties": properties, **extra}
+
+
+NUMBER, STRING, INTEGER = {"type": "number"}, {"type": "string"}, {"type": "integer"}
+CLASS = _object({"index": INTEGER, "label": STRING, "probability": {"type": "number", "minimum": 0, "maximum": 1}})
+ERROR_SCHEMA = _object({"error": {**STRING, "description": "A short code, e.g. unknown_method."},
+                        "detail": {**STRING, "description": "What went wrong and what to do."}},
+                       additionalProperties=False)
+#: The JSON answer of ``POST /v1/explain`` (a test validates real answers against it).
+EXPLANATION_SCHEMA = _object({
+    "model": STRING,
+    "methods": {"type": "array", "items": STRING},
+    "style": STRING,
+    "convention": {**STRING, "description": "How the pictures were drawn from the raw maps."},
+    "attribution": {**STRING, "description": "What the raw maps are."},
+    "results": {"type": "array", "description": "One entry per image, in upload order.", "items": _object({
+        "name": STRING, "width": INTEGER, "height": INTEGER,
+        "box": {"type": "array", "items": INTEGER, "minItems": 4, "maxItems": 4,
+                "description": "left, top, right, bottom: the region of the image the model saw"},
+        "predictions": {"type": "array", "items": CLASS, "maxItems": 5},
+        "explanations": {"type": "array", "description": "One entry per explained class.", "items": _object({
+            "target": CLASS,
+            "maps": {"type": "object", "description": "Per method: the picture, and the raw map if asked.",
+                     "additionalProperties": {
+                         "type": "object", "required": ["png"],
+                         "properties": {"png": {**STRING, "description": "data:image/png;base64,..."},
+                                        "npy": {**STRING, "description": "base64 .npy, float32"}}}},
+        })},
+    })},
+    "warnings": {"type": "array", "items": STRING},
+    "activations": {"type": "object", "additionalProperties": INTEGER},
+    "timing": {"type": "object", "description": "Seconds per stage; methods: per method.",
+               "required": ["decode", "preprocess", "explain", "render", "encode", "overhead", "total"],
+               "additionalProperties": True},
+})
+
+
 def openapi_document(settings: Settings) -> dict[str, Any]:
     """OpenAPI 3.1 description of every route; a test checks it against the app's URL map."""
     methods = list(settings.methods)
@@ -37,10 +75,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "/metrics": {"get": _simple("Prometheus metrics.", "text/plain")},
         },
         "components": {
-            "schemas": {"Error": {
-                "type": "object", "required": ["error", "detail"],
-                "properties": {"error": {"type": "string", "description": "A short code, e.g. unknown_method."},
-                               "detail": {"type": "string", "description": "What went wrong and what to do."}}}},
+            "schemas": {"Error": ERROR_SCHEMA, "Explanation": EXPLANATION_SCHEMA},
             "responses": {"Error": {"description": "A request the server cannot serve.",
                                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}},
         },
@@ -95,7 +130,7 @@ def _explain(methods: list[str], settings: Settings) -> dict[str, Any]:
             "image/*": {"schema": {"type": "string", "format": "binary"}}}},
         "responses": {
             "200": {"description": "The explanation.", "content": {
-                "application/json": {"schema": {"type": "object", "required": ["model", "results", "timing"]}},
+                "application/json": {"schema": {"$ref": "#/components/schemas/Explanation"}},
                 "image/png": {"schema": {"type": "string", "format": "binary"}}}},
             "400": ERROR, "404": ERROR, "413": ERROR, "415": ERROR, "422": ERROR,
         },

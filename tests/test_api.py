@@ -427,6 +427,15 @@ def test_openapi_document_is_valid_and_matches_the_routes(app, client):
     assert method_enum == list(saliency.METHODS) + ["all"]
 
 
+def test_answers_match_the_documented_schemas(client):
+    from openapi_schema_validator import OAS31Validator
+
+    schemas = client.get("/openapi.json").get_json()["components"]["schemas"]
+    for query in ("?method=all&topk=2&raw=npy", "?method=gradcam&style=overlay"):
+        OAS31Validator(schemas["Explanation"]).validate(post(client, encode(picture()), query).get_json())
+    OAS31Validator(schemas["Error"]).validate(post(client, b"nope").get_json())
+
+
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF"])
 def test_truncated_and_corrupted_files_of_every_format_are_never_a_500(client, fmt):
     whole = encode(picture((64, 48), seed=5), fmt)
