@@ -5,10 +5,10 @@
 >>> print(text_report(evaluate(load_model("demo"), checks="localisation", n_images=8)))
 
 Each check is also a function of its own (:func:`cascading_randomization`,
-:func:`class_sensitivity`, :func:`image_recovery`, :func:`localization`, :func:`faithfulness`),
-built on the metric functions (:func:`spearman`, :func:`ssim`, :func:`pointing_game`,
-:func:`relevance_mass`, :func:`deletion_curve` ...). They work with every method in
-:data:`saliency.METHODS`.
+:func:`independent_randomization`, :func:`class_sensitivity_scores`, :func:`image_recovery`,
+:func:`localization_scores`, :func:`faithfulness_scores`), built on metric functions
+(:func:`spearman`, :func:`ssim`, :func:`pointing_game`, :func:`relevance_mass`,
+:func:`deletion_curve` ...). They work with every method in :data:`saliency.METHODS`.
 """
 
 import importlib
@@ -19,11 +19,11 @@ _WHERE: dict[str, str] = {
                      "ssim"), "similarity"),
     **dict.fromkeys(("Block", "RandomizationCurve", "blocks", "cascading_randomization",
                      "independent_randomization", "parameter_layers", "randomize_"), "randomization"),
-    **dict.fromkeys(("ClassSensitivity", "ImageRecovery", "class_sensitivity", "image_recovery", "other_classes",
+    **dict.fromkeys(("ClassSensitivity", "ImageRecovery", "class_sensitivity_scores", "image_recovery", "other_classes",
                      "random_conv_relu_pool", "random_vgg16"), "class_sensitivity"),
-    **dict.fromkeys(("LocalizationScores", "centre_map", "default_tolerance", "localization", "pointing_game",
+    **dict.fromkeys(("LocalizationScores", "centre_map", "default_tolerance", "localization_scores", "pointing_game",
                      "random_map", "relevance_mass"), "localization"),
-    **dict.fromkeys(("FaithfulnessScores", "auc", "blur", "deletion_curve", "faithfulness", "insertion_curve",
+    **dict.fromkeys(("FaithfulnessScores", "auc", "blur", "deletion_curve", "faithfulness_scores", "insertion_curve",
                      "perturbation_curve", "pixel_order"), "faithfulness"),
     **dict.fromkeys(("EvalImages", "shapes_images"), "data"),
     **dict.fromkeys(("CHECKS", "Check", "UnknownCheckError", "resolve_checks"), "checks"),

@@ -1,7 +1,7 @@
 """Class sensitivity and image recovery (Nie, Zhang & Patel, 2018, "A Theoretical Explanation for
 Perplexing Behaviors of Backpropagation-based Visualizations", ICML).
 
-- :func:`class_sensitivity`: the map explaining the predicted class compared with the maps for
+- :func:`class_sensitivity_scores`: the map explaining the predicted class compared with the maps for
   other classes of the same image. Scores near 1 mean the method draws the same picture whatever
   class it is asked about — it does not explain the decision.
 - :func:`image_recovery`: each method's map on *randomly initialised* networks, correlated with the
@@ -57,7 +57,7 @@ def other_classes(top: Tensor, num_classes: int, count: int = MAX_OTHER_CLASSES,
     return torch.stack(rows)
 
 
-def class_sensitivity(model: nn.Module, inputs: Tensor, methods: str | Sequence[str] = "all", *,
+def class_sensitivity_scores(model: nn.Module, inputs: Tensor, methods: str | Sequence[str] = "all", *,
                       max_others: int = MAX_OTHER_CLASSES, seed: int = 0, reference: Explanation | None = None,
                       on_step: Callable[[int], object] | None = None) -> ClassSensitivity:
     """Similarity (:data:`METRICS`) of each method's map for the predicted class with its maps for
@@ -139,7 +139,8 @@ class ImageRecovery:
 def image_recovery(inputs: Tensor, methods: str | Sequence[str] = "all", *,
                    networks: Mapping[str, nn.Module] | None = None, seed: int = 0,
                    on_step: Callable[[int], object] | None = None) -> ImageRecovery:
-    """Correlation of each method's map with ``inputs`` ``[N, C, H, W]`` on random networks.
+    """Correlation of each method's map with ``inputs`` ``[N, C, H, W]`` (at least 32 × 32 for VGG-16)
+    on random networks.
 
     ``networks`` (name -> module) default to :data:`RANDOM_NETWORKS` built with ``seed``. The score
     is the Pearson correlation of the signed attribution with the input minus its mean, over all

@@ -109,7 +109,7 @@ class FaithfulnessScores:
                 "better": {"deletion": "lower", "insertion": "higher"}}
 
 
-def faithfulness(model: nn.Module, inputs: Tensor, maps: Mapping[str, Tensor], targets: Tensor | list[int],
+def faithfulness_scores(model: nn.Module, inputs: Tensor, maps: Mapping[str, Tensor], targets: Tensor | list[int],
                  steps: int = 32, batch_size: int = 64, seed: int = 0,
                  on_step: Callable[[int], object] | None = None) -> FaithfulnessScores:
     """Deletion and insertion curves of every method's maps ``[N, C, H, W]`` for ``inputs`` and the

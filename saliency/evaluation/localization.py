@@ -96,7 +96,7 @@ class LocalizationScores:
                 "baselines": {k: BASELINES[k] for k in self.baselines}}
 
 
-def localization(maps: Mapping[str, Tensor], masks: np.ndarray, tolerance: float | None = None,
+def localization_scores(maps: Mapping[str, Tensor], masks: np.ndarray, tolerance: float | None = None,
                  seed: int = 0) -> LocalizationScores:
     """Pointing game and relevance mass of each method's maps ``[N, C, H, W]`` against ``masks``
     (bool ``[N, H, W]``), with the centre and random baselines. ``tolerance`` defaults to

@@ -159,7 +159,7 @@ def _run(mode: str, model: nn.Module, inputs: Tensor, methods: str | Sequence[st
     example = {m: [magnitude(reference[m][0]).astype(np.float32)] for m in names}
     for i, block in enumerate(steps):
         saved = [copy.deepcopy(m.state_dict()) for m in block.modules] if mode == "independent" else None
-        randomize_(block, seed * 1_000 + i)
+        randomize_(block, int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
         result = explain(work, inputs, names, target=targets)
         per_step.append({m: [map_similarity(reference[m][j], result[m][j]) for j in range(len(inputs))]
                          for m in names})

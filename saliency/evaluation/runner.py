@@ -13,10 +13,10 @@ from saliency.engine import explain
 from saliency.errors import SaliencyError
 from saliency.evaluation.checks import CHECKS, DEFAULT_IMAGES, resolve_checks
 from saliency.evaluation.class_sensitivity import (MAX_OTHER_CLASSES, RANDOM_NETWORKS, RECOVERY_IMAGES,
-                                                   class_sensitivity, image_recovery)
+                                                   class_sensitivity_scores, image_recovery)
 from saliency.evaluation.data import is_shapes_model, shapes_images
-from saliency.evaluation.faithfulness import faithfulness
-from saliency.evaluation.localization import localization
+from saliency.evaluation.faithfulness import faithfulness_scores
+from saliency.evaluation.localization import localization_scores
 from saliency.evaluation.randomization import (MAX_BLOCKS, blocks, cascading_randomization,
                                                independent_randomization)
 from saliency.methods import resolve_methods
@@ -100,14 +100,14 @@ def evaluate(loaded: LoadedModel, methods: str | Sequence[str] = "all", checks: 
                                       ("independent", independent_randomization))}
             elif check == "class-sensitivity":
                 result.results[check] = {
-                    "class_sensitivity": class_sensitivity(model, x, names, seed=seed, reference=reference,
-                                                           on_step=bar.update),
+                    "class_sensitivity": class_sensitivity_scores(model, x, names, seed=seed, reference=reference,
+                                                                  on_step=bar.update),
                     "image_recovery": image_recovery(recovery, names, seed=seed, on_step=bar.update)}
             elif check == "localisation":
-                result.results[check] = {"scores": localization(reference.maps, data.masks, seed=seed)}
+                result.results[check] = {"scores": localization_scores(reference.maps, data.masks, seed=seed)}
             elif check == "faithfulness":
-                result.results[check] = {"scores": faithfulness(model, x, reference.maps, reference.targets,
-                                                                seed=seed, on_step=bar.update)}
+                result.results[check] = {"scores": faithfulness_scores(model, x, reference.maps, reference.targets,
+                                                                       seed=seed, on_step=bar.update)}
             result.seconds[check] = time.perf_counter() - start
     finally:
         bar.close()
