@@ -8,7 +8,7 @@ classifier has to find the object rather than read a global colour. The mask mar
 pixels — the ground truth that localisation scores are computed against.
 
 >>> sample = make_sample(3, seed=0)
->>> sample.image.shape, CLASSES[sample.label], sample.mask.any()
+>>> sample.image.shape, CLASSES[sample.label], bool(sample.mask.any())
 ((64, 64, 3), 'star', True)
 """
 
