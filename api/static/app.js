@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { file: null, original: null, target: null };
+const state = { file: null, original: null, target: null, titles: {} };
 
 function showError(message) {
   const box = $("error");
@@ -32,6 +32,7 @@ async function loadOptions() {
   try {
     const [methods, models] = await Promise.all([getJSON("v1/methods"), getJSON("v1/models")]);
     // methods that run many passes of their own (samples, steps) start unticked: they are slower
+    for (const m of methods.methods) state.titles[m.name] = m.title;
     const costly = (m) => "samples" in m.options || "steps" in m.options;
     for (const m of methods.methods) choice($("methods"), "checkbox", "method", m.name, m.title, !costly(m), `${m.summary}\n${m.citation}`);
     methods.styles.forEach((s, i) => choice($("styles"), "radio", "style", s.name, s.name, i === 0, s.convention));
@@ -135,7 +136,9 @@ async function show(body) {
     map.src = explanation.maps[method].png;
     stack.append(base, map);
     const caption = document.createElement("figcaption");
-    caption.textContent = `${method} — class ${explanation.target.label}`;
+    const ms = body.timing.methods && body.timing.methods[method];
+    caption.textContent = `${state.titles[method] || method} — ${explanation.target.label}` +
+      (ms !== undefined ? ` (${(1000 * ms).toFixed(0)} ms)` : "");
     figure.append(stack, caption);
     gallery.append(figure);
   }
