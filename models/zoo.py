@@ -77,11 +77,15 @@ def weights_for(name: str, which: str | None = None) -> ZooWeights:
     enum_class = torchvision.models.get_model_weights(arch)
     if which is None or which.upper() == "DEFAULT":
         return ZooWeights(arch, enum_class.DEFAULT)
+    known = ", ".join(m.name for m in enum_class if m.meta.get("categories"))
     try:
-        return ZooWeights(arch, enum_class[which.upper()])
+        member = enum_class[which.upper()]
     except KeyError:
-        known = ", ".join(m.name for m in enum_class)
         raise WeightsError(f"'{which}' is neither a file nor a weights name of {arch} ({known})") from None
+    if not member.meta.get("categories"):
+        raise WeightsError(f"{arch} weights {member.name} are a feature extractor without class scores; "
+                           f"choose one of {known}")
+    return ZooWeights(arch, member)
 
 
 def is_weights_name(name: str, which: str) -> bool:

@@ -233,6 +233,8 @@ def test_weights_for_another_architecture(tmp_path):
         load_model("resnet18", weights=tmp_path / "sq.pth")
     with pytest.raises(WeightsError, match="IMAGENET1K_V1"):
         load_model("resnet18", weights="IMAGENET9K")
+    with pytest.raises(WeightsError, match="feature extractor"):
+        load_model("vgg16", weights="IMAGENET1K_FEATURES")
 
 
 # --- your own model ----------------------------------------------------------------------------
