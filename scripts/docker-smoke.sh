@@ -12,6 +12,7 @@
 #   PORT            host port on 127.0.0.1 (default: a free one)
 #   READY_SECONDS   how long to wait for /healthz (default: 180)
 #   EXAMPLE         the image uploaded (default: examples/star.png)
+#   EXPECT_LABEL    the class the demo model must predict for it (default: star; "" skips the check)
 #   RUN_ARGS        more arguments for the run command, e.g. "-e SALIENCY_WORKERS=2"
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,7 @@ IMAGE=${IMAGE:-localhost/saliency}
 TORCH_PIP_ARGS=${TORCH_PIP_ARGS-"--index-url https://pypi.org/simple"}
 READY_SECONDS=${READY_SECONDS:-180}
 EXAMPLE=${EXAMPLE:-examples/star.png}
+EXPECT_LABEL=${EXPECT_LABEL-star}
 SETUP_PODMAN=../shared/docker/setup-podman.sh
 
 fail() { echo "docker-smoke: FAILED: $*" >&2; exit 1; }
@@ -64,7 +66,7 @@ step "container $container on 127.0.0.1:$PORT"
 
 show_logs() { echo "--- container logs ---" >&2; "$engine" logs "$container" >&2 || true; }
 
-python3 - "$PORT" "$READY_SECONDS" "$EXAMPLE" "$workdir" "$engine" "$container" <<'PY' || { show_logs; fail "the service did not behave (see above)"; }
+python3 - "$PORT" "$READY_SECONDS" "$EXAMPLE" "$EXPECT_LABEL" "$workdir" "$engine" "$container" <<'PY' || { show_logs; fail "the service did not behave (see above)"; }
 """Talks to the running container: health, one real explanation as PNG, one bad upload."""
 import json
 import subprocess
@@ -74,7 +76,7 @@ import urllib.error
 import urllib.request
 import uuid
 
-port, ready_seconds, example, workdir, engine, container = sys.argv[1:]
+port, ready_seconds, example, expect_label, workdir, engine, container = sys.argv[1:]
 ready_seconds = float(ready_seconds)
 base = f"http://127.0.0.1:{port}"
 
@@ -134,7 +136,10 @@ check(headers.get("Content-Type", "").startswith("image/png"),
 check(body.startswith(b"\x89PNG\r\n\x1a\n"), "/v1/explain?format=png did not return PNG bytes")
 with open(f"{workdir}/heatmap.png", "wb") as f:
     f.write(body)
-print(f"docker-smoke: /v1/explain returned a {len(body)}-byte PNG for {example}")
+label = headers.get("X-Saliency-Label")
+check(not expect_label or label == expect_label,
+      f"the model predicted {label!r} for {example}, not {expect_label!r} (are the demo weights in the image?)")
+print(f"docker-smoke: /v1/explain returned a {len(body)}-byte PNG for {example} (predicted {label!r})")
 
 status, headers, body = post_image("/v1/explain?format=png", "notes.png", b"this is text, not a picture\n", "image/png")
 check(400 <= status < 500, f"a text file named .png answered {status}, not a 4xx: {body[:300]!r}")
