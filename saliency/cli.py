@@ -8,6 +8,7 @@ import os
 import re
 import sys
 import warnings
+from contextlib import contextmanager
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -31,9 +32,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return args.run(args) or 0
     except SaliencyError as exc:
         return _fail(str(exc))
+    except BrokenPipeError:  # e.g. piped into head: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except OSError as exc:
-        where = f" {exc.filename!r}" if exc.filename else ""
-        return _fail(f"cannot write{where}: {exc.strerror or exc}; choose another --out")
+        where = f" '{exc.filename}'" if exc.filename else ""
+        return _fail(f"{exc.strerror or exc}{where}")
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
@@ -134,7 +138,8 @@ def run_explain(args: argparse.Namespace) -> int:
                         path = kept[group[row]]
                         label = loaded.labels[int(result.targets[row])]
                         target = out_dir / names.take(f"{path.stem}-{method}-{_slug(label)}.png")
-                        save_png(picture, target, {"method": method, "target": label, "model": loaded.name})
+                        with _writing(target):
+                            save_png(picture, target, {"method": method, "target": label, "model": loaded.name})
                         files[path].append(target)
                         written += 1
             for row, i in enumerate(group):
@@ -222,7 +227,8 @@ def run_compare(args: argparse.Namespace) -> int:
         footnote=_convention(style),
         colorbar=None if style["style"] == "rgb" else (style["cmap"], "saliency (max |attribution|, scaled)"))
     out = Path(args.out) if args.out else Path(f"{path.stem}-compare.png")
-    write_atomic(out, figure_png(figure))
+    with _writing(out):
+        write_atomic(out, figure_png(figure))
     print(f"{path}: {_predictions(result.probabilities[0], loaded.labels)}")
     print(f"target: {label} (class {index}) · forward pass {_ms(result.seconds['forward'])}\n")
     print(format_table(methods, result.seconds, similarities({m: result[m][0] for m in methods})))
@@ -410,6 +416,18 @@ def _predictions(probabilities, labels: Sequence[str]) -> str:
     k = min(TOP_PREDICTIONS, len(labels))
     values, indices = probabilities.topk(k)
     return ", ".join(f"{labels[int(i)]} {float(v):.1%}" for v, i in zip(values, indices))
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Turn a failed write into a one-line error that names the file and the fix."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, BrokenPipeError):
+            raise
+        where = exc.filename or path
+        raise SaliencyError(f"cannot write '{where}': {exc.strerror or exc}; choose another --out") from exc
 
 
 def _ms(seconds: float) -> str:

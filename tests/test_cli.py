@@ -168,6 +168,33 @@ def test_models_lists_the_demo(capsys):
     assert any(line.split()[0] == "demo" for line in out.splitlines() if line.strip())
 
 
+def test_serve_runs_the_http_service_until_stopped(tmp_path):
+    import socket
+    import time
+
+    import requests
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([str(EXECUTABLE), "serve", "--port", str(port), "--workers", "1", "--threads", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, "saliency serve exited early"
+            try:
+                answer = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, "saliency serve did not answer within 2 minutes"
+                time.sleep(0.5)
+        assert answer.status_code == 200
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
 def test_train_demo_writes_weights_that_explain_can_load(capsys, tmp_path):
     weights = tmp_path / "tiny.pt"
     code, out, err = run(capsys, "train-demo", "--steps", "2", "--train-images", "32", "--test-images", "16",
@@ -220,6 +247,15 @@ def test_a_file_that_is_not_an_image_is_reported(capsys, tmp_path):
     assert code == 1 and "fake.png" in one_error_line(err)
     code, _, err = run(capsys, "compare", str(fake), "--out", str(tmp_path / "c.png"))
     assert code == 1 and "not an image" in one_error_line(err)
+
+
+def test_an_unwritable_output_is_one_error_line(capsys, tmp_path):
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file where the output folder should go")
+    code, _, err = run(capsys, "explain", str(STAR), "--out", str(blocker))
+    assert code == 1 and "choose another --out" in one_error_line(err)
+    code, _, err = run(capsys, "compare", str(STAR), "--out", str(blocker / "grid.png"))
+    assert code == 1 and "choose another --out" in one_error_line(err)
 
 
 def test_one_bad_image_among_many_still_explains_the_rest(capsys, tmp_path):
