@@ -8,8 +8,8 @@ import os
 import re
 import sys
 import warnings
-from contextlib import contextmanager
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from saliency import __version__
@@ -114,7 +114,8 @@ def run_explain(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     names = _OutputNames()
     failures, written, notes, predictions = 0, 0, {}, {}
-    progress = tqdm(total=len(paths), unit="image", file=sys.stderr, disable=True if len(paths) < 2 else None, leave=False)
+    progress = tqdm(total=len(paths), unit="image", file=sys.stderr, leave=False,
+                    disable=True if len(paths) < 2 else None)  # None: shown on a terminal only
     for chunk in _chunks(paths, args.batch_size):
         prepared, kept = [], []
         for path in chunk:
@@ -217,8 +218,11 @@ def run_compare(args: argparse.Namespace) -> int:
     result = explain(loaded.module, prepared.tensor, methods, target=target, options=options)
     index = int(result.targets[0])
     label, probability = loaded.labels[index], float(result.probabilities[0, index])
-    original = prepared.image if style["style"] == "overlay" else prepared.image.crop(prepared.box)
-    panels = [Panel(original, "Input", f"{image.width}×{image.height} px")]
+    size = f"{image.width}×{image.height} px"
+    if style["style"] == "overlay" or tuple(prepared.box) == (0, 0, image.width, image.height):
+        panels = [Panel(prepared.image, "Input", size)]
+    else:  # heatmap and rgb pictures cover the region the model saw
+        panels = [Panel(prepared.image.crop(prepared.box), "Input (the crop the model saw)", size)]
     for method in methods:
         (picture,) = render_batch(result[method], prepared=[prepared], **style)
         panels.append(Panel(picture, REGISTRY[method].title, f"{method} · {_ms(result.seconds[method])}"))
