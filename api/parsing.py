@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -52,7 +53,7 @@ def parse_explain_request(request: Request, settings: Settings, model_name: str)
     values = request.values
     unknown = sorted(set(values) - set(PARAMETERS))
     if unknown:
-        raise RequestError(f"unknown parameter {', '.join(map(repr, unknown))}; "
+        raise RequestError(f"unknown parameter {', '.join(repr(name[:40]) for name in unknown[:5])}; "
                            f"this endpoint takes {', '.join(PARAMETERS)}")
     model = _one(values, "model")
     if model is not None and model != model_name:
@@ -131,6 +132,9 @@ def _methods(raw: list[str], settings: Settings) -> tuple[str, ...]:
 def _options(values, methods: tuple[str, ...], settings: Settings) -> tuple[tuple[str, Any], ...]:
     given = {name: value for name in OPTIONS if (value := _one(values, name)) is not None}
     merged = resolve_options([REGISTRY[m] for m in methods], given)  # unknown for these methods: 400
+    for name, value in merged.items():
+        if name in given and isinstance(value, float) and not math.isfinite(value):
+            raise RequestError(f"option {name!r} must be a finite number, got {given[name]!r}")
     for name in COSTLY_OPTIONS:
         if name in given and merged[name] > settings.max_samples:
             raise RequestError(f"{name} must be at most {settings.max_samples} on this server, got {merged[name]}")

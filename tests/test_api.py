@@ -282,6 +282,7 @@ BAD_REQUESTS = {
     "option of the wrong type": ("?method=smoothgrad&samples=few", 400, "invalid_option"),
     "option too costly": ("?method=smoothgrad&samples=100000", 400, "bad_request"),
     "unknown layer": ("?method=gradcam&layer=no.such.layer", 400, None),
+    "infinite option": ("?method=integrated_gradients&baseline=inf", 400, "bad_request"),
 }
 
 
