@@ -382,6 +382,9 @@ def _add_model_options(p: argparse.ArgumentParser, default: str | None = "demo")
                    help=f"demo, a torchvision name (resnet50) or pkg.module:factory (default: {shown}); "
                         "see 'saliency models'")
     p.add_argument("--weights", metavar="FILE", help="a state_dict / checkpoint file for the model")
+    if default is not None:  # the service has its own device setting
+        p.add_argument("--device", type=_device, metavar="DEVICE",
+                       help="torch device to run the model on: cpu, cuda, cuda:1, mps (default: cpu)")
 
 
 def _add_render_options(p: argparse.ArgumentParser, default_style: str) -> None:
@@ -413,7 +416,22 @@ def _convention(style: dict) -> str:
 def _load_model(args: argparse.Namespace):
     from saliency.models import load_model
 
-    return load_model(args.model, weights=args.weights)
+    device = getattr(args, "device", None)
+    if device is not None:
+        _check_device(device)
+    return load_model(args.model, weights=args.weights, device=device)
+
+
+def _check_device(device) -> None:
+    import torch
+
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SaliencyError(f"--device {device}: torch sees no CUDA GPU here; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise SaliencyError(f"--device {device}: only {torch.cuda.device_count()} CUDA GPU(s) are visible; "
+                            f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise SaliencyError(f"--device {device}: Apple's MPS backend is not available here; use --device cpu")
 
 
 def _predictions(probabilities, labels: Sequence[str]) -> str:
@@ -502,6 +520,15 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
     return value
+
+
+def _device(text: str):
+    import torch
+
+    try:
+        return torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a torch device: {text!r} (try cpu, cuda, cuda:1 or mps)") from None
 
 
 def _port(text: str) -> int:

@@ -240,6 +240,20 @@ def test_torchvision_weights_missing_offline_say_what_to_do(capsys, tmp_path, mo
     assert not (tmp_path / "out").exists()
 
 
+def test_device_option(capsys, tmp_path):
+    import torch
+
+    code, _, err = run(capsys, "explain", str(STAR), "--device", "cuda:99", "--out", str(tmp_path / "gpu"))
+    assert code == 1 and "cuda:99" in one_error_line(err)
+    if torch.cuda.is_available():   # on a GPU machine the maps match the CPU's pictures in size
+        code, _, err = run(capsys, "explain", str(STAR), "--device", "cuda", "--out", str(tmp_path / "gpu"))
+        assert code == 0, err
+        assert [Image.open(p).size for p in (tmp_path / "gpu").iterdir()] == [Image.open(STAR).size] * len(saliency.RULE_METHODS)
+    with pytest.raises(SystemExit) as exit_:
+        main(["explain", str(STAR), "--device", "toaster"])
+    assert exit_.value.code == 2 and "not a torch device" in capsys.readouterr().err
+
+
 def test_a_file_that_is_not_an_image_is_reported(capsys, tmp_path):
     fake = tmp_path / "fake.png"
     fake.write_text("hello")
