@@ -71,6 +71,7 @@ def parse_explain_request(request: Request, settings: Settings, model_name: str)
         target=target, topk=topk or 1, style=_choice(_one(values, "style"), "style", STYLES, DEFAULT_STYLE),
         format=fmt, raw=_choice(_one(values, "raw"), "raw", RAW_FORMATS, "none"),
         alpha=_float(_one(values, "alpha"), "alpha", 0.0, 1.0, DEFAULT_ALPHA))
+    _check_work(parsed, settings)
     if fmt == "png" and (len(parsed.images) > 1 or len(parsed.methods) > 1 or parsed.topk > 1):
         raise RequestError(
             f"format=png returns one picture: send one image, one method and one target "
@@ -139,6 +140,22 @@ def _options(values, methods: tuple[str, ...], settings: Settings) -> tuple[tupl
         if name in given and merged[name] > settings.max_samples:
             raise RequestError(f"{name} must be at most {settings.max_samples} on this server, got {merged[name]}")
     return tuple((name, merged[name]) for name in given)
+
+
+def passes(req: ExplainRequest) -> int:
+    """Backward passes a request costs: per image and class, 1 per method, or its samples/steps."""
+    merged = {**resolve_options([REGISTRY[m] for m in req.methods], None), **dict(req.options)}
+    per_class = sum(merged["samples"] if "samples" in REGISTRY[m].options
+                    else merged["steps"] if "steps" in REGISTRY[m].options else 1 for m in req.methods)
+    return len(req.images) * req.topk * per_class
+
+
+def _check_work(req: ExplainRequest, settings: Settings) -> None:
+    cost = passes(req)
+    if cost > settings.max_passes:
+        raise RequestError(f"this request needs {cost} backward passes (images × classes × samples or steps "
+                           f"per method); this server allows {settings.max_passes}: send fewer images, "
+                           "classes or samples, or split it")
 
 
 def _int(raw: str | None, name: str, low: int, high: int) -> int | None:

@@ -309,6 +309,13 @@ def test_empty_raw_body_and_wrong_content_type(client):
                  415, "unsupported_media_type")
 
 
+def test_a_request_costing_too_many_passes_is_refused(client):
+    images = [encode(picture((16, 16), seed=s)) for s in range(3)]
+    body = assert_error(post(client, images, "?method=smoothgrad,integrated_gradients&samples=64&steps=64&topk=3"),
+                        400, "bad_request")
+    assert "1152 backward passes" in body["detail"]
+
+
 def test_too_many_images(client, app):
     limit = app.extensions["saliency"].settings.max_images
     assert_error(post(client, [encode(picture((8, 8)))] * (limit + 1)), 400, "bad_request")
