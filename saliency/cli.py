@@ -1,4 +1,4 @@
-"""The ``saliency`` command: explain images, compare methods, list models, serve, train the demo."""
+"""The ``saliency`` command: explain images, compare methods, evaluate them, list models, serve, train the demo."""
 
 from __future__ import annotations
 
@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                     f"{', '.join(METHODS)} (default model: the bundled demo, works offline).",
         epilog=_examples("saliency explain examples/star.png",
                          "saliency compare examples/star.png --out compare.png",
+                         "saliency eval --n-images 8",
                          "saliency models",
                          "saliency serve --port 8000",
                          "saliency COMMAND --help"))
@@ -60,11 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     _add_explain(commands)
     _add_compare(commands)
+    _add_eval(commands)
     _add_models(commands)
     _add_serve(commands)
     _add_train_demo(commands)
-    from saliency.evaluation.command import add_parser as add_eval
-    add_eval(commands)
     return parser
 
 
@@ -242,6 +242,12 @@ def run_compare(args: argparse.Namespace) -> int:
         print(f"{PROG}: warning: {note}", file=sys.stderr)
     print(f"wrote {out}")
     return 0
+
+
+def _add_eval(commands: argparse._SubParsersAction) -> None:
+    from saliency.evaluation.command import add_parser  # the sanity checks own their options
+
+    add_parser(commands)
 
 
 # --- models, serve, train-demo -----------------------------------------------------------------

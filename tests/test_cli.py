@@ -61,11 +61,11 @@ def test_help_lists_every_command(capsys):
         main(["--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    for command in ("explain", "compare", "models", "serve", "train-demo"):
+    for command in ("explain", "compare", "eval", "models", "serve", "train-demo"):
         assert command in out
 
 
-@pytest.mark.parametrize("command", ["explain", "compare", "models", "serve", "train-demo"])
+@pytest.mark.parametrize("command", ["explain", "compare", "eval", "models", "serve", "train-demo"])
 def test_every_command_has_help_with_examples(capsys, command):
     with pytest.raises(SystemExit) as exit_:
         main([command, "--help"])
