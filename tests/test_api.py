@@ -9,8 +9,10 @@ import struct
 import tempfile
 import zlib
 
+import flask
 import numpy as np
 import pytest
+import werkzeug.formparser
 import torch
 from PIL import Image
 
@@ -235,9 +237,14 @@ def test_uploads_are_never_written_to_disk(client, monkeypatch):
         raise AssertionError("an upload was about to be written to disk")
     for name in ("TemporaryFile", "SpooledTemporaryFile", "NamedTemporaryFile", "mkstemp"):
         monkeypatch.setattr(tempfile, name, refuse)
+        monkeypatch.setattr(werkzeug.formparser, name, refuse, raising=False)  # it imported them by name
     big = encode(picture((600, 400), seed=7))  # incompressible noise: > 500 kB, werkzeug's spill size
     assert len(big) > 600_000
     assert post(client, big, "?method=vanilla").status_code == 200
+    with client.application.test_request_context(
+            "/v1/explain", method="POST", content_type="multipart/form-data",
+            data={"image": (io.BytesIO(big), "big.png")}):
+        assert isinstance(flask.request.files["image"].stream, io.BytesIO)
 
 
 # --- bad input: 4xx JSON, and the server keeps serving ------------------------------------------
