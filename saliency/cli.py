@@ -175,11 +175,34 @@ def _explain_batch(module, batch: Sequence, methods: list[str], options: dict[st
     from saliency.engine import explain
 
     x = torch.cat([p.tensor for p in batch])
-    first = explain(module, x, methods, target=fixed_targets[0] if fixed_targets else None, options=options)
+    bars = _SamplingBars()
+    first = explain(module, x, methods, target=fixed_targets[0] if fixed_targets else None, options=options,
+                    progress=bars)
     if fixed_targets:
-        return [first] + [explain(module, x, methods, target=t, options=options) for t in fixed_targets[1:]]
+        return [first] + [explain(module, x, methods, target=t, options=options, progress=bars)
+                          for t in fixed_targets[1:]]
     ranked = first.logits.topk(topk, dim=1).indices
-    return [first] + [explain(module, x, methods, target=ranked[:, k], options=options) for k in range(1, topk)]
+    return [first] + [explain(module, x, methods, target=ranked[:, k], options=options, progress=bars)
+                      for k in range(1, topk)]
+
+
+class _SamplingBars:
+    """Progress bars (on a terminal only) for methods that run many passes, e.g. SmoothGrad."""
+
+    def __init__(self) -> None:
+        self.bars: dict[str, object] = {}
+
+    def __call__(self, method: str, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        bar = self.bars.get(method)
+        if bar is None:
+            bar = self.bars[method] = tqdm(total=total, desc=method, unit="pass", file=sys.stderr,
+                                           leave=False, disable=None)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+            del self.bars[method]
 
 
 # --- compare -----------------------------------------------------------------------------------
@@ -215,7 +238,8 @@ def run_compare(args: argparse.Namespace) -> int:
     target = loaded.class_index(_class_arg(args.target)) if args.target is not None else None
     prepared = loaded.prepare(image)
     explain(loaded.module, prepared.tensor, "vanilla", target=target)  # warm-up, so timings compare fairly
-    result = explain(loaded.module, prepared.tensor, methods, target=target, options=options)
+    result = explain(loaded.module, prepared.tensor, methods, target=target, options=options,
+                     progress=_SamplingBars())
     index = int(result.targets[0])
     label, probability = loaded.labels[index], float(result.probabilities[0, index])
     size = f"{image.width}×{image.height} px"
