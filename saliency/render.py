@@ -66,7 +66,7 @@ def grayscale(attribution: ArrayLike, percentile: float = DEFAULT_PERCENTILE) ->
     magnitude = np.abs(a).max(axis=1)
     scaled = _scale_by_percentile(magnitude, magnitude, percentile)
     out = np.clip(scaled, 0.0, 1.0)
-    return out[0] if np.ndim(attribution) == 3 else out
+    return out[0] if _ndim(attribution) == 3 else out
 
 
 def signed_rgb(attribution: ArrayLike, percentile: float = DEFAULT_PERCENTILE) -> np.ndarray:
@@ -80,7 +80,7 @@ def signed_rgb(attribution: ArrayLike, percentile: float = DEFAULT_PERCENTILE) -
     scaled = _scale_by_percentile(a, np.abs(a), percentile)
     rgb = np.clip(0.5 + 0.5 * scaled, 0.0, 1.0)
     rgb = np.broadcast_to(rgb, (rgb.shape[0], 3, *rgb.shape[2:])).transpose(0, 2, 3, 1)
-    return rgb[0] if np.ndim(attribution) == 3 else rgb
+    return rgb[0] if _ndim(attribution) == 3 else rgb
 
 
 def colorize(values: np.ndarray, cmap: str = DEFAULT_CMAP) -> np.ndarray:
@@ -99,8 +99,8 @@ def render(attribution: ArrayLike, style: str = DEFAULT_STYLE, prepared: "Prepar
     cover the region ``prepared.box`` at its original size; ``overlay`` is the whole original with
     the heatmap blended inside the box (outside it the image is dimmed as if saliency were 0).
     ``overlay`` needs ``prepared`` or ``image`` (the picture the input shows, any size: the
-    heatmap is stretched over it). The returned
-    image carries :func:`convention` in ``info["Description"]``, which :func:`to_png` writes out.
+    heatmap is stretched over it). The returned image carries :func:`convention` in
+    ``info["Description"]``, which :func:`to_png` writes out.
     """
     return render_batch(_as_single(attribution), style, None if prepared is None else [prepared],
                         alpha=alpha, cmap=cmap, percentile=percentile,
@@ -208,11 +208,16 @@ def _as_maps(attribution: ArrayLike) -> np.ndarray:
         a = np.asarray(attribution, dtype=np.float32)
     if a.ndim == 3:
         a = a[None]
-    if a.ndim != 4:
-        raise InputError(f"an attribution must be shaped [C, H, W] or [B, C, H, W], got {tuple(a.shape)}")
+    if a.ndim != 4 or 0 in a.shape:
+        raise InputError(f"an attribution must be shaped [C, H, W] or [B, C, H, W] with no empty "
+                         f"dimension, got {tuple(a.shape)}")
     if not np.isfinite(a).all():
         raise InputError("the attribution contains NaN or infinite values; check the model's output")
     return a
+
+
+def _ndim(attribution: ArrayLike) -> int:
+    return attribution.ndim if hasattr(attribution, "ndim") else np.ndim(attribution)
 
 
 def _as_single(attribution: ArrayLike) -> ArrayLike:

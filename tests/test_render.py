@@ -80,6 +80,12 @@ def test_batches_are_normalised_per_sample_like_single_maps():
     assert [np.asarray(p).tolist() for p in pictures] == [np.asarray(render.render(b)).tolist() for b in batch]
 
 
+def test_attributions_that_still_require_grad_are_accepted():
+    a = torch.randn(3, 4, 4, requires_grad=True)
+    np.testing.assert_allclose(render.grayscale(a), render.grayscale(a.detach()))
+    assert render.render(a, "rgb").size == (4, 4)
+
+
 def test_colorize_uses_the_matplotlib_colormap():
     values = np.array([[0.0, 1.0]])
     np.testing.assert_array_equal(render.colorize(values, "gray"), [[[0, 0, 0], [255, 255, 255]]])
@@ -152,6 +158,7 @@ def test_convention_is_stated_per_style_and_written_into_the_png():
     (lambda: render.grayscale(torch.randn(4, 4)), "shaped"),
     (lambda: render.render(torch.randn(2, 3, 4, 4)), "render_batch"),
     (lambda: render.grayscale(torch.tensor([[[float("nan")]]])), "NaN"),
+    (lambda: render.render_batch(torch.zeros(0, 3, 4, 4)), "empty"),
 ])
 def test_bad_arguments_raise_saliency_errors(call, message):
     with pytest.raises(SaliencyError, match=message):
