@@ -145,3 +145,17 @@ def test_shapes_images_masks_follow_the_preprocessing(demo):
     # resize 256 + centre crop 224 keeps the middle 56 × 56 of the 64-pixel picture
     small = torch.nn.functional.interpolate(torch.from_numpy(big.masks[:, None].astype(np.float32)), size=56)
     assert np.mean(small[:, 0].numpy() != masks[:2, 4:60, 4:60]) < 0.02
+
+
+def test_measuring_leaves_a_training_model_as_it_was():
+    from saliency.evaluation import faithfulness_scores
+
+    net = SmallConvNet().train()
+    state = copy.deepcopy(net.state_dict())
+    x = torch.randn(2, 3, 8, 8)
+    blocks(net, x)
+    maps = {"vanilla": torch.rand(2, 3, 8, 8)}
+    faithfulness_scores(net, x, maps, [0, 1], steps=4)
+    assert net.training and net.stem[1].training
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, state[key]), key     # batch-norm statistics untouched

@@ -59,3 +59,9 @@ def test_eval_rejects_a_zero_image_count(capsys):
     with pytest.raises(SystemExit) as info:
         main(["eval", "--n-images", "0"])
     assert info.value.code == 2 and "at least 1" in capsys.readouterr().err
+
+
+def test_eval_device_errors_are_one_line(capsys):
+    assert main(["eval", "--device", "warp-drive"]) == 1
+    err = capsys.readouterr().err
+    assert "is not a torch device" in err and len(err.strip().splitlines()) == 1

@@ -33,6 +33,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="demo, a torchvision name (resnet18) or pkg.module:factory (default: demo)")
     p.add_argument("--weights", metavar="FILE",
                    help="a state-dict file, or 'random' for the architecture's random initialisation")
+    p.add_argument("--device", default="cpu", metavar="DEVICE",
+                   help="torch device to run on: cpu, cuda, cuda:1, mps (default: cpu)")
     p.add_argument("--methods", default="all", metavar="NAMES",
                    help=f"{', '.join(METHODS)} or all, separated by commas (default: all)")
     p.add_argument("--checks", default="all", metavar="NAMES",
@@ -55,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
 
     methods = [m.name for m in resolve_methods(_split(args.methods))]
     checks = resolve_checks(_split(args.checks))
-    loaded = load_model(args.model, weights=args.weights)
+    device = _device(args.device)
+    loaded = load_model(args.model, weights=args.weights, device=device)
     print(f"model {loaded.name} ({loaded.weights}); {args.n_images} shapes images, seed {args.seed}", flush=True)
     evaluation = evaluate(loaded, methods, checks, n_images=args.n_images, seed=args.seed,
                           progress=sys.stderr.isatty())
@@ -63,6 +66,24 @@ def run(args: argparse.Namespace) -> int:
     written = write_all(evaluation, args.out)
     print(f"\nwrote {len(written)} files to {args.out}/ ({', '.join(p.name for p in written)})")
     return 0
+
+
+def _device(text: str):
+    import torch
+
+    from saliency.errors import SaliencyError
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise SaliencyError(f"--device {text!r} is not a torch device; use cpu, cuda, cuda:1 or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SaliencyError(f"--device {text}: torch sees no CUDA GPU here; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise SaliencyError(f"--device {text}: only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise SaliencyError(f"--device {text}: Apple's MPS backend is not available here; use --device cpu")
+    return device
 
 
 def _split(names: str) -> list[str]:

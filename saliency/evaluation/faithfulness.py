@@ -10,14 +10,14 @@ is the baseline both ways. Perturbed images go through the model in batches.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from saliency.evaluation.modes import frozen
 from saliency.evaluation.similarity import magnitude, nanmean
 
 MODES = ("deletion", "insertion")
@@ -68,7 +68,7 @@ def perturbation_curve(model: nn.Module, image: Tensor, order: np.ndarray, targe
     start, end = (image, substrate) if mode == "deletion" else (substrate, image)
     rank = rank.view(1, 1, height, width).to(device)
     probabilities = []
-    with _inference(model):
+    with frozen(model):
         for chunk in counts.split(batch_size):
             changed = rank < chunk.to(device).view(-1, 1, 1, 1)      # [b, 1, H, W]
             batch = torch.where(changed, end, start)
@@ -132,16 +132,3 @@ def faithfulness_scores(model: nn.Module, inputs: Tensor, maps: Mapping[str, Ten
     areas = {mode: {name: nanmean([auc(c) for c in found]) for name, found in by.items()}
              for mode, by in collected.items()}
     return FaithfulnessScores(steps=steps, curves=curves, auc=areas, n=n)
-
-
-@contextmanager
-def _inference(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no gradients for the call; the training flags come back afterwards."""
-    saved = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for module, training in saved.items():
-            module.training = training

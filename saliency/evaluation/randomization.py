@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from saliency.engine import Explanation, explain
+from saliency.evaluation.modes import frozen
 from saliency.evaluation.similarity import METRICS, magnitude, map_similarity, nanmean, nanstd, noise_baseline
 
 MAX_BLOCKS = 8
@@ -68,7 +69,7 @@ def parameter_layers(model: nn.Module, example: Tensor) -> list[tuple[str, nn.Mo
     order: dict[nn.Module, None] = {}
     hooks = [m.register_forward_pre_hook(lambda mod, _args: order.setdefault(mod)) for m in owners]
     try:
-        with torch.no_grad():
+        with frozen(model):
             model(example[:1])
     finally:
         for hook in hooks:
@@ -114,9 +115,10 @@ def randomize_(block: Block, seed: int) -> None:
     """Re-initialise ``block`` in place with its layers' own initialisers (``reset_parameters``).
 
     Parameters of a module without one are redrawn from a normal distribution with their current
-    mean and standard deviation. Deterministic for a given ``seed``; the global RNG is untouched.
+    mean and standard deviation. Deterministic for a given ``seed``; the global RNGs are untouched.
     """
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
+    gpus = sorted({p.device.index or 0 for m in block.modules for p in m.parameters() if p.is_cuda})
+    with torch.random.fork_rng(devices=gpus), torch.no_grad():
         torch.manual_seed(seed)
         for module in block.modules:
             reset = getattr(module, "reset_parameters", None)

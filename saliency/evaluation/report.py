@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image
 
 from saliency.evaluation.checks import CHECKS
+from saliency.evaluation.localization import BASELINES
 from saliency.evaluation.runner import Evaluation
 from saliency.evaluation.similarity import METRICS
 from saliency.render import write_atomic
@@ -88,7 +90,7 @@ def write_all(evaluation: Evaluation, out: str | Path) -> list[Path]:
     written = [write_atomic(folder / RESULTS_FILE, results_json(evaluation)),
                write_atomic(folder / TABLES_FILE, markdown_report(evaluation).encode())]
     for name, figure in figures(evaluation).items():
-        written.append(write_atomic(folder / f"{name}.png", figure_png(figure, dpi=64 if name.endswith("maps") else 80)))
+        written.append(write_atomic(folder / f"{name}.png", figure_png(figure, dpi=72 if name.endswith("maps") else 80)))
     return written
 
 
@@ -97,14 +99,21 @@ def figures(evaluation: Evaluation) -> dict[str, Figure]:
     found: dict[str, Figure] = {}
     for check, parts in evaluation.results.items():
         found.update(_FIGURES[check](parts))
+    if "cascading" in evaluation.results.get("randomisation", {}):
+        found["randomisation-maps"] = _example_maps(evaluation.results["randomisation"]["cascading"],
+                                                    evaluation.example_image)
     return found
 
 
-def figure_png(fig: Figure, dpi: int = 80) -> bytes:
-    """PNG bytes of a figure (Agg canvas, no pyplot state)."""
+def figure_png(fig: Figure, dpi: int = 80, colors: int = 128) -> bytes:
+    """PNG bytes of a figure (Agg canvas, no pyplot state), reduced to a palette of ``colors``
+    colours (no dithering) so the committed examples stay small."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, facecolor="white")
-    return buffer.getvalue()
+    picture = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    small = io.BytesIO()
+    picture.quantize(colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(small, "PNG", optimize=True)
+    return small.getvalue()
 
 
 # --- tables ------------------------------------------------------------------------------------
@@ -176,8 +185,8 @@ def _localisation_tables(parts: dict) -> list[Table]:
 
 def _faithfulness_tables(parts: dict) -> list[Table]:
     s = parts["scores"]
-    rows = [[name + (" order (baseline)" if name == "random" else ""), _num(s.auc["deletion"][name]),
-             _num(s.auc["insertion"][name])] for name in s.auc["deletion"]]
+    rows = [[name + (" order (baseline)" if name == "random" else ""), _num(s.auc["deletion"][name], small=True),
+             _num(s.auc["insertion"][name], small=True)] for name in s.auc["deletion"]]
     return [Table("Faithfulness: area under the deletion and insertion curves",
                   ["method", "deletion AUC (lower better)", "insertion AUC (higher better)"], rows,
                   (f"{s.n} images, {s.steps} steps; probability of the explained class. Deletion sets pixels to "
@@ -216,20 +225,24 @@ def _randomisation_figures(parts: dict) -> dict[str, Figure]:
             ax.grid(alpha=0.3)
     axes[0, -1].legend(fontsize=7, loc="upper right")
     fig.suptitle("Similarity to the trained model's map as layers are randomised (logits → input)", fontsize=10)
-    found = {"randomisation": fig}
-    if "cascading" in parts and parts["cascading"].example:
-        found["randomisation-maps"] = _example_maps(parts["cascading"])
-    return found
+    return {"randomisation": fig}
 
 
-def _example_maps(curve) -> Figure:
+def _example_maps(curve, image: np.ndarray | None = None) -> Figure:
+    """Adebayo et al.'s figure: one row per method, the trained map then each cascading step."""
     methods = list(curve.example)
     labels = ["trained"] + curve.steps
-    fig = _figure(1.1 * len(labels) + 0.8, 1.1 * len(methods) + 0.6)
-    axes = fig.subplots(len(methods), len(labels), squeeze=False)
+    shift = 1 if image is not None else 0
+    fig = _figure(1.1 * (len(labels) + shift) + 0.8, 1.1 * len(methods) + 0.6)
+    axes = fig.subplots(len(methods), len(labels) + shift, squeeze=False)
+    if image is not None:
+        for r in range(len(methods)):
+            axes[r, 0].axis("off")
+        axes[0, 0].imshow(image.squeeze(), cmap="gray" if image.shape[-1] == 1 else None, interpolation="nearest")
+        axes[0, 0].set_title("input", fontsize=6)
     for r, m in enumerate(methods):
         for c, picture in enumerate(curve.example[m]):
-            ax = axes[r, c]
+            ax = axes[r, c + shift]
             top = float(np.percentile(picture, 99)) or 1.0
             ax.imshow(np.clip(picture / top, 0, 1), cmap="inferno", vmin=0, vmax=1, interpolation="nearest")
             ax.set_xticks([])
@@ -237,7 +250,7 @@ def _example_maps(curve) -> Figure:
             if r == 0:
                 ax.set_title(labels[c], fontsize=6, rotation=30)
             if c == 0:
-                ax.set_ylabel(m, fontsize=7)
+                ax.set_ylabel(m, fontsize=6)
     fig.suptitle("Cascading randomisation, first image: |map| (each scaled to its 99th percentile)", fontsize=9)
     return fig
 
@@ -290,9 +303,11 @@ def _bars(ax, groups: dict[str, dict[str, float]], baselines: dict[str, float]) 
     """Grouped bars: one group per key of ``groups``, one bar per method; baselines as grey ticks."""
     names = list(next(iter(groups.values())))
     width = 0.8 / len(names)
+    greys = iter(("0.55", "0.8"))
     for i, name in enumerate(names):
         values = [_zero_nan(groups[g][name]) for g in groups]
-        ax.bar(np.arange(len(groups)) + (i - (len(names) - 1) / 2) * width, values, width, label=name)
+        style = {"color": next(greys, "0.7"), "hatch": "//"} if name in BASELINES else {}
+        ax.bar(np.arange(len(groups)) + (i - (len(names) - 1) / 2) * width, values, width, label=name, **style)
     for j, group in enumerate(groups):
         if group in baselines:
             ax.hlines(baselines[group], j - 0.45, j + 0.45, colors="0.3", linestyles="--", linewidth=1)
@@ -308,8 +323,11 @@ _FIGURES = {"randomisation": _randomisation_figures, "class-sensitivity": _class
 
 # --- helpers -----------------------------------------------------------------------------------
 
-def _num(value: float) -> str:
-    return "-" if value is None or math.isnan(value) else f"{value:.2f}"
+def _num(value: float, small: bool = False) -> str:
+    """Two decimals; with ``small``, two significant digits below 0.01 (probabilities among 1000 classes)."""
+    if value is None or math.isnan(value):
+        return "-"
+    return f"{value:.2g}" if small and 0 < abs(value) < 0.01 else f"{value:.2f}"
 
 
 def _mean(values: Sequence[float]) -> float:

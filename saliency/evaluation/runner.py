@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 from tqdm import tqdm
 
 from saliency.engine import explain
@@ -36,6 +37,8 @@ class Evaluation:
     skipped: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     predictions: dict[str, float] = field(default_factory=dict)
+    example_image: np.ndarray | None = field(default=None, repr=False)
+    """The first image as the model saw it (uint8 ``[H, W, C]``), for figures; not in JSON."""
 
     def to_dict(self) -> dict:
         """Plain JSON-ready data: settings, every check's numbers, skipped checks with reasons."""
@@ -72,6 +75,8 @@ def evaluate(loaded: LoadedModel, methods: str | Sequence[str] = "all", checks: 
     model = loaded.module
     data = shapes_images(loaded.preprocessing, n_images, seed)
     x = data.inputs.to(loaded.device)
+    first = loaded.preprocessing.unnormalise(data.inputs[0]).permute(1, 2, 0).numpy()
+    result.example_image = (first * 255).round().astype(np.uint8)
     recovery = x[:RECOVERY_IMAGES]
     steps = {
         "randomisation": lambda: 2 * len(blocks(model, x, MAX_BLOCKS)),
