@@ -65,3 +65,14 @@ def test_eval_device_errors_are_one_line(capsys):
     assert main(["eval", "--device", "warp-drive"]) == 1
     err = capsys.readouterr().err
     assert "is not a torch device" in err and len(err.strip().splitlines()) == 1
+
+
+def test_eval_with_random_weights_is_reproducible_for_a_seed(tmp_path, capsys):
+    found = []
+    for run, seed in enumerate((3, 3, 4)):
+        out = tmp_path / str(run)
+        assert main(["eval", "--weights", "random", "--checks", "localisation", "--methods", "vanilla",
+                     "--n-images", "2", "--seed", str(seed), "--out", str(out)]) == 0
+        found.append(json.loads((out / "results.json").read_text())["checks"]["localisation"])
+    assert found[0] == found[1]
+    assert found[0]["scores"]["relevance_mass"]["vanilla"] != found[2]["scores"]["relevance_mass"]["vanilla"]

@@ -191,3 +191,17 @@ def test_every_public_name_is_the_function_not_a_submodule():
         importlib.import_module(f"saliency.evaluation.{module}")   # loading a submodule must not shadow a name
     for name in evaluation.__all__:
         assert not isinstance(getattr(evaluation, name), types.ModuleType), name
+
+
+def test_report_writes_undefined_scores_as_null_and_dash():
+    from saliency.evaluation import Evaluation, LocalizationScores, results_json, text_report
+
+    scores = LocalizationScores(pointing={"flat": 0.0, "centre": 0.5, "random": 0.5},
+                                mass={"flat": float("nan"), "centre": 0.2, "random": 0.1},
+                                tolerance=2, n=2, mask_fraction=0.1)
+    evaluation = Evaluation(model="m", weights="w", methods=["flat"], n_images=2, seed=0,
+                            results={"localisation": {"scores": scores}}, skipped={"faithfulness": "why"})
+    data = json.loads(results_json(evaluation))
+    assert data["checks"]["localisation"]["scores"]["relevance_mass"]["flat"] is None
+    text = text_report(evaluation)
+    assert "flat" in text and " -" in text and "skipped faithfulness: why" in text

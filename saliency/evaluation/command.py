@@ -41,7 +41,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help=f"{', '.join(CHECKS)} or all, separated by commas (default: all)")
     p.add_argument("--n-images", type=_positive_int, default=DEFAULT_IMAGES, metavar="N",
                    help=f"shapes images to evaluate on (default: {DEFAULT_IMAGES}, one per class)")
-    p.add_argument("--seed", type=int, default=0, help="picks the images, random maps and weights (default: 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="picks the images, the random maps and orders, the re-initialised weights, and the "
+                        "network of --weights random (default: 0)")
     p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
                    help=f"folder for results.json, tables.md and the plots (default: {DEFAULT_OUT})")
     return p
@@ -49,8 +51,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Check the names first (fast errors), then load the model, run the checks, print and write."""
-    from saliency.evaluation.report import text_report, write_all
+    import torch
+
     from saliency.evaluation.checks import resolve_checks
+    from saliency.evaluation.report import text_report, write_all
     from saliency.evaluation.runner import evaluate
     from saliency.methods import resolve_methods
     from saliency.models import load_model
@@ -58,7 +62,9 @@ def run(args: argparse.Namespace) -> int:
     methods = [m.name for m in resolve_methods(_split(args.methods))]
     checks = resolve_checks(_split(args.checks))
     device = _device(args.device)
-    loaded = load_model(args.model, weights=args.weights, device=device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)  # --weights random: the same network for the same seed
+        loaded = load_model(args.model, weights=args.weights, device=device)
     print(f"model {loaded.name} ({loaded.weights}); {args.n_images} shapes images, seed {args.seed}", flush=True)
     evaluation = evaluate(loaded, methods, checks, n_images=args.n_images, seed=args.seed,
                           progress=sys.stderr.isatty())

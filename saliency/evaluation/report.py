@@ -90,7 +90,8 @@ def write_all(evaluation: Evaluation, out: str | Path) -> list[Path]:
     written = [write_atomic(folder / RESULTS_FILE, results_json(evaluation)),
                write_atomic(folder / TABLES_FILE, markdown_report(evaluation).encode())]
     for name, figure in figures(evaluation).items():
-        written.append(write_atomic(folder / f"{name}.png", figure_png(figure, dpi=72 if name.endswith("maps") else 80)))
+        dpi = 72 if name.endswith("maps") else 80
+        written.append(write_atomic(folder / f"{name}.png", figure_png(figure, dpi=dpi)))
     return written
 
 
@@ -112,7 +113,8 @@ def figure_png(fig: Figure, dpi: int = 80, colors: int = 128) -> bytes:
     fig.savefig(buffer, format="png", dpi=dpi, facecolor="white")
     picture = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
     small = io.BytesIO()
-    picture.quantize(colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(small, "PNG", optimize=True)
+    palette = picture.quantize(colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    palette.save(small, "PNG", optimize=True)
     return small.getvalue()
 
 
@@ -324,10 +326,10 @@ _FIGURES = {"randomisation": _randomisation_figures, "class-sensitivity": _class
 # --- helpers -----------------------------------------------------------------------------------
 
 def _num(value: float, small: bool = False) -> str:
-    """Two decimals; with ``small``, two significant digits below 0.01 (probabilities among 1000 classes)."""
+    """Two decimals; with ``small``, two significant digits below 0.1 (probabilities among 1000 classes)."""
     if value is None or math.isnan(value):
         return "-"
-    return f"{value:.2g}" if small and 0 < abs(value) < 0.01 else f"{value:.2f}"
+    return f"{value:.2g}" if small and 0 < abs(value) < 0.1 else f"{value:.2f}"
 
 
 def _mean(values: Sequence[float]) -> float:
