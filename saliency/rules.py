@@ -1,8 +1,8 @@
 """Backward rules, one small pure function each.
 
 A ReLU rule maps the gradient ``g`` arriving at a ReLU's output to the gradient it passes to the
-ReLU's input. ``gate`` is the ReLU's open region seen in the forward pass: ``x > 0`` for a ReLU,
-``lo < x < hi`` for a clipped ReLU (ReLU6, hardtanh).
+ReLU's input. ``gate`` is the ReLU's switch from the forward pass, ``t ↦ t · [x > 0]`` for a ReLU,
+``t ↦ t · [lo < x < hi]`` for a clipped ReLU (ReLU6, hardtanh).
 
 The pooling rule is shared by every method: max-pool backward is unpooling with the switches (the
 argmax indices) stored in the forward pass, scatter-*added* so that an input that wins several
@@ -11,33 +11,38 @@ overlapping windows receives every window's gradient.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 
-
-def relu_gate(x: Tensor) -> Tensor:
-    """Open region of a ReLU: ``[x > 0]``."""
-    return x > 0
+Gate = Callable[[Tensor], Tensor]
+"""``gate(t) = t · [x in the open region]``: the forward pass's switch, applied to a gradient."""
 
 
-def clipped_gate(x: Tensor, lo: float, hi: float) -> Tensor:
-    """Open region of a clipped ReLU (ReLU6, hardtanh): ``[lo < x < hi]``."""
-    return (x > lo) & (x < hi)
+def relu_gate(x: Tensor) -> Gate:
+    """The ReLU's switch: ``t ↦ t · [x > 0]`` (one fused kernel, autograd's own ReLU backward)."""
+    return lambda t: torch.ops.aten.threshold_backward(t, x, 0)
 
 
-def vanilla(g: Tensor, gate: Tensor) -> Tensor:
+def clipped_gate(x: Tensor, lo: float, hi: float) -> Gate:
+    """A clipped ReLU's switch (ReLU6, hardtanh): ``t ↦ t · [lo < x < hi]``."""
+    return lambda t: torch.where((x > lo) & (x < hi), t, 0.0)
+
+
+def vanilla(g: Tensor, gate: Gate) -> Tensor:
     """Gradient (Simonyan et al., 2013): ``R = g · [x > 0]``."""
-    return torch.where(gate, g, 0.0)
+    return gate(g)
 
 
-def deconvnet(g: Tensor, gate: Tensor) -> Tensor:
+def deconvnet(g: Tensor, gate: Gate) -> Tensor:
     """DeconvNet (Zeiler & Fergus, 2014): ``R = max(g, 0)``; the forward sign is ignored."""
     return g.clamp(min=0)
 
 
-def guided(g: Tensor, gate: Tensor) -> Tensor:
+def guided(g: Tensor, gate: Gate) -> Tensor:
     """Guided backpropagation (Springenberg et al., 2014): ``R = max(g, 0) · [x > 0]``."""
-    return torch.where(gate, g.clamp(min=0), 0.0)
+    return gate(g.clamp(min=0))
 
 
 def unpool_max(g: Tensor, switches: Tensor, input_shape: torch.Size, dims: int) -> Tensor:

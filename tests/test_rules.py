@@ -28,9 +28,13 @@ def test_the_three_rules_differ_on_the_same_case():
     assert len(results) == 3
 
 
+def test_relu_gate_passes_where_input_positive():
+    assert rules.relu_gate(X)(torch.ones(5)).tolist() == [0.0, 0.0, 1.0, 1.0, 1.0]
+
+
 def test_clipped_gate_is_open_strictly_between_bounds():
     x = torch.tensor([-1.0, 0.0, 3.0, 6.0, 7.0])
-    assert rules.clipped_gate(x, 0.0, 6.0).tolist() == [False, False, True, False, False]
+    assert rules.clipped_gate(x, 0.0, 6.0)(torch.ones(5)).tolist() == [0.0, 0.0, 1.0, 0.0, 0.0]
 
 
 def test_unpool_adds_every_window_a_switch_wins():
@@ -63,7 +67,7 @@ def _by_hand(rule, gate, target):
 
 def test_engine_applies_each_rule_as_written():
     x = torch.tensor([[2.0, -3.0]])  # hidden pre-activations: [2, -3, -1]
-    gate = torch.tensor([True, False, False])
+    gate = rules.relu_gate(torch.tensor([2.0, -3.0, -1.0]))
     result = saliency.explain(_TwoLayer(nn.ReLU()), x, methods=saliency.RULE_METHODS, target=0)
     for name, rule in (("vanilla", rules.vanilla), ("deconvnet", rules.deconvnet), ("guided", rules.guided)):
         assert torch.allclose(result[name][0], _by_hand(rule, gate, 0)), name
@@ -74,7 +78,7 @@ def test_engine_applies_each_rule_as_written():
 
 def test_relu6_rules_use_the_clipped_region():
     x = torch.tensor([[7.0, 2.0]])  # hidden pre-activations: [7, 2, 9]: only the middle unit is open
-    gate = torch.tensor([False, True, False])
+    gate = rules.clipped_gate(torch.tensor([7.0, 2.0, 9.0]), 0.0, 6.0)
     for act in (nn.ReLU6(), nn.Hardtanh(0.0, 6.0)):
         result = saliency.explain(_TwoLayer(act), x, methods=saliency.RULE_METHODS, target=1)
         for name, rule in (("vanilla", rules.vanilla), ("deconvnet", rules.deconvnet), ("guided", rules.guided)):
