@@ -25,6 +25,8 @@ from saliency.evaluation.similarity import METRICS, map_similarity, nanmean, noi
 
 MAX_OTHER_CLASSES = 7
 """Other classes compared per image (all of them when the model has at most this many more)."""
+VGG_MIN_SIZE = 32
+"""The smallest input side VGG-16 takes."""
 RECOVERY_IMAGES = 4
 """Images used for image recovery by default (a random VGG-16 is slow on a CPU)."""
 
@@ -139,8 +141,8 @@ class ImageRecovery:
 def image_recovery(inputs: Tensor, methods: str | Sequence[str] = "all", *,
                    networks: Mapping[str, nn.Module] | None = None, seed: int = 0,
                    on_step: Callable[[int], object] | None = None) -> ImageRecovery:
-    """Correlation of each method's map with ``inputs`` ``[N, C, H, W]`` (at least 32 × 32 for VGG-16)
-    on random networks.
+    """Correlation of each method's map with ``inputs`` ``[N, C, H, W]`` on random networks
+    (VGG-16 is left out for inputs under 32 × 32).
 
     ``networks`` (name -> module) default to :data:`RANDOM_NETWORKS` built with ``seed``. The score
     is the Pearson correlation of the signed attribution with the input minus its mean, over all
@@ -148,7 +150,9 @@ def image_recovery(inputs: Tensor, methods: str | Sequence[str] = "all", *,
     """
     descriptions = {name: entry[0] for name, entry in RANDOM_NETWORKS.items()}
     if networks is None:
-        networks = {name: build(inputs.shape[1], seed) for name, (_, build) in RANDOM_NETWORKS.items()}
+        small = min(inputs.shape[-2:]) < VGG_MIN_SIZE  # VGG-16's five poolings need 32 pixels
+        networks = {name: build(inputs.shape[1], seed) for name, (_, build) in RANDOM_NETWORKS.items()
+                    if not (small and name == "vgg16")}
     rng = np.random.default_rng(seed)
     scores, baseline = {}, {}
     for name, net in networks.items():

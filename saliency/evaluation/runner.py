@@ -13,7 +13,7 @@ from tqdm import tqdm
 from saliency.engine import explain
 from saliency.errors import SaliencyError
 from saliency.evaluation.checks import CHECKS, DEFAULT_IMAGES, resolve_checks
-from saliency.evaluation.class_sensitivity import (MAX_OTHER_CLASSES, RANDOM_NETWORKS, RECOVERY_IMAGES,
+from saliency.evaluation.class_sensitivity import (MAX_OTHER_CLASSES, RANDOM_NETWORKS, RECOVERY_IMAGES, VGG_MIN_SIZE,
                                                    class_sensitivity_scores, image_recovery)
 from saliency.evaluation.data import is_shapes_model, shapes_images
 from saliency.evaluation.faithfulness import faithfulness_scores
@@ -78,9 +78,10 @@ def evaluate(loaded: LoadedModel, methods: str | Sequence[str] = "all", checks: 
     first = loaded.preprocessing.unnormalise(data.inputs[0]).permute(1, 2, 0).numpy()
     result.example_image = (first * 255).round().astype(np.uint8)
     recovery = x[:RECOVERY_IMAGES]
+    random_networks = len(RANDOM_NETWORKS) - (min(x.shape[-2:]) < VGG_MIN_SIZE)
     steps = {
         "randomisation": lambda: 2 * len(blocks(model, x, MAX_BLOCKS)),
-        "class-sensitivity": lambda: min(loaded.num_classes - 1, MAX_OTHER_CLASSES) + len(RANDOM_NETWORKS),
+        "class-sensitivity": lambda: min(loaded.num_classes - 1, MAX_OTHER_CLASSES) + random_networks,
         "localisation": lambda: 0,
         "faithfulness": lambda: n_images,
     }
