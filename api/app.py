@@ -37,7 +37,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
-    model = load_model(settings.model, settings.weights, labels=settings.labels, device=settings.device)
+    model = load_model(settings.model, settings.weights, labels=settings.labels, input_size=settings.input_size,
+                       resize=settings.resize, mean=settings.mean, std=settings.std, device=settings.device)
     warm_up(model)
     log.info("serving model %s (%d classes), methods %s", model.name, len(model.labels), ", ".join(settings.methods))
     metrics = Metrics()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -24,6 +25,10 @@ class Settings:
     model: str = "demo"                 #: model name: "demo", a torchvision name, or "pkg.mod:factory"
     weights: str | None = None          #: weights file, or "random" (None: the model's own default)
     labels: str | None = None           #: class names file, one per line (for your own model)
+    input_size: int | None = None       #: side of the square model input (None: the model's own, 224 for yours)
+    resize: int | None = None           #: shorter side before the centre crop (None: the model's own ratio)
+    mean: tuple[float, ...] | None = None  #: normalisation mean, one value or R,G,B (None: the model's own)
+    std: tuple[float, ...] | None = None   #: normalisation std, one value or R,G,B (None: the model's own)
     device: str | None = None           #: torch device for the model ("cpu", "cuda"; None: where it loads)
     max_upload_mb: float = 16.0         #: largest request body accepted (larger: 413)
     max_pixels: int = 40_000_000        #: largest decoded image accepted (width × height)
@@ -60,7 +65,7 @@ def load_settings(config: Mapping[str, Any] | None = None,
         name = key.lower().removeprefix(ENV_PREFIX.lower())
         if name not in {f.name for f in fields(Settings)}:
             continue  # Flask settings (TESTING, ...) share the mapping
-        values[name] = _parse(name, value) if isinstance(value, str) else value
+        values[name] = _parse(name, value) if isinstance(value, str) else _coerce(name, value)
     settings = replace(Settings(), **values)
     offered = tuple(m.name for m in resolve_methods(list(settings.methods)))
     default = settings.default_method if settings.default_method in offered else offered[0]
@@ -73,16 +78,48 @@ def _parse(name: str, raw: str) -> Any:
     try:
         if name in ("max_upload_mb",):
             return float(raw)
-        if name in ("max_pixels", "max_images", "max_topk", "max_samples", "max_passes", "threads", "workers", "torch_threads", "timeout"):
+        if name in ("max_pixels", "max_images", "max_topk", "max_samples", "max_passes", "threads", "workers",
+                    "torch_threads", "timeout", "input_size", "resize"):
             return int(raw)
     except ValueError:
         raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be a number, got {raw!r}") from None
     if name == "methods":
         return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if name in ("mean", "std"):
+        return _channel_values(name, raw.split(","), raw)
     return raw
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """A setting given as a Python value: ``mean``/``std`` as one number or a sequence, to a tuple."""
+    if name in ("mean", "std") and value is not None:
+        parts = list(value) if isinstance(value, (list, tuple)) else [value]
+        return _channel_values(name, parts, value)
+    return value
+
+
+def _channel_values(name: str, parts: list[Any], raw: Any) -> tuple[float, ...]:
+    """One value for every channel, or one per channel (R,G,B): finite numbers, positive for ``std``."""
+    try:
+        values = tuple(float(p.strip() if isinstance(p, str) else p) for p in parts)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) not in (1, 3) or not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be one number or three separated by commas "
+                          f"(R,G,B), got {raw!r}")
+    if name == "std" and any(v <= 0 for v in values):
+        raise ConfigError(f"{ENV_PREFIX}STD values must be positive, got {raw!r}")
+    return values
 
 
 def _check(settings: Settings) -> None:
     for name in ("max_upload_mb", "max_pixels", "max_images", "max_topk", "max_samples", "max_passes", "threads", "workers", "timeout"):
         if getattr(settings, name) <= 0:
             raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be positive, got {getattr(settings, name)}")
+    for name in ("input_size", "resize"):
+        value = getattr(settings, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be a positive whole number of pixels, got {value!r}")
+    if settings.input_size is not None and settings.resize is not None and settings.resize < settings.input_size:
+        raise ConfigError(f"{ENV_PREFIX}RESIZE ({settings.resize}) must be at least {ENV_PREFIX}INPUT_SIZE "
+                          f"({settings.input_size}): the picture is resized, then centre-cropped")

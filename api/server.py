@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -45,10 +46,17 @@ class SaliencyServer(BaseApplication):
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None, threads: int | None = None,
-          dev: bool = False, model: str | None = None, weights: str | None = None, **settings: Any) -> None:
+          dev: bool = False, model: str | None = None, weights: str | None = None, labels: str | None = None,
+          input_size: int | None = None, resize: int | None = None, mean: float | Sequence[float] | None = None,
+          std: float | Sequence[float] | None = None, **settings: Any) -> None:
     """Serve until interrupted. ``None`` arguments fall back to ``SALIENCY_*`` variables and defaults;
-    ``settings``: more :class:`~saliency.api.config.Settings` fields (``max_upload_mb=4``, ...)."""
-    config = {k: v for k, v in dict(settings, model=model, weights=weights).items() if v is not None}
+    ``labels``/``input_size``/``resize``/``mean``/``std``: your own model's class names file and
+    preprocessing (see :func:`saliency.models.load_model`); ``settings``: more
+    :class:`~saliency.api.config.Settings` fields (``max_upload_mb=4``, ...). Every worker builds its
+    app from the same settings."""
+    model_settings = dict(model=model, weights=weights, labels=labels, input_size=input_size, resize=resize,
+                          mean=mean, std=std)
+    config = {k: v for k, v in dict(settings, **model_settings).items() if v is not None}
     resolved = load_settings(config)  # fail early, in the parent, on a bad setting
     if dev:
         create_app(config).run(host=host, port=port, threaded=True)

@@ -291,7 +291,8 @@ def run_models(args: argparse.Namespace) -> int:
     for row in rows:
         print("  ".join([cell.ljust(w) for cell, w in zip(row, widths)] + [row[4]]))
     print("\nWEIGHTS: bundled/cached = works offline; download = fetched by torchvision on first use.\n"
-          "Your own model: --model package.module:factory --weights FILE.")
+          "Your own model: --model package.module:factory --weights FILE --labels FILE [--input-size N "
+          "--mean R,G,B --std R,G,B].")
     return 0
 
 
@@ -304,7 +305,8 @@ def _weights_state(entry) -> str:
 def _add_serve(commands: argparse._SubParsersAction) -> None:
     p = _command(commands, "serve", run_serve, "run the HTTP service (JSON API and web page)",
                  "saliency serve", "saliency serve --host 0.0.0.0 --port 8080 --workers 2 --threads 4",
-                 "saliency serve --dev --model resnet50")
+                 "saliency serve --dev --model resnet50",
+                 "saliency serve --model my_pkg.nets:build --weights net.pt --labels labels.txt --input-size 128")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=_port, default=8000, help="port (default: 8000)")
     p.add_argument("--workers", type=_positive_int, metavar="N", help="worker processes (default: from settings)")
@@ -321,7 +323,8 @@ def run_serve(args: argparse.Namespace) -> int:
         raise SaliencyError(f"the HTTP service is not available in this installation ({exc}); "
                             "reinstall with pip install -e .") from exc
     serve(host=args.host, port=args.port, workers=args.workers, threads=args.threads, dev=args.dev,
-          model=args.model, weights=args.weights)
+          model=args.model, weights=args.weights, labels=args.labels, input_size=args.input_size, resize=args.resize,
+          mean=args.mean, std=args.std)
     return 0
 
 
@@ -415,6 +418,17 @@ def _add_model_options(p: argparse.ArgumentParser, default: str | None = "demo")
     if default is not None:  # the service has its own device setting
         p.add_argument("--device", type=_device, metavar="DEVICE",
                        help="torch device to run the model on: cpu, cuda, cuda:1, mps (default: cpu)")
+    group = p.add_argument_group("your own model", "class names and preprocessing (default: the model's own;\n"
+                                                   "for pkg.module:factory 224 px, ImageNet mean and std)")
+    group.add_argument("--labels", metavar="FILE",
+                       help="class names, one per line in class-index order (or a JSON list)")
+    group.add_argument("--input-size", type=_positive_int, metavar="N", help="side of the square model input")
+    group.add_argument("--resize", type=_positive_int, metavar="N",
+                       help="resize the shorter side to N before the centre crop (at least --input-size)")
+    group.add_argument("--mean", type=_channel_values, metavar="R,G,B",
+                       help="normalisation mean: one number for every channel, or three")
+    group.add_argument("--std", type=_positive_channel_values, metavar="R,G,B",
+                       help="normalisation standard deviation: one number for every channel, or three")
 
 
 def _add_render_options(p: argparse.ArgumentParser, default_style: str) -> None:
@@ -449,7 +463,8 @@ def _load_model(args: argparse.Namespace):
     device = getattr(args, "device", None)
     if device is not None:
         _check_device(device)
-    return load_model(args.model, weights=args.weights, device=device)
+    return load_model(args.model, weights=args.weights, labels=args.labels, input_size=args.input_size,
+                      resize=args.resize, mean=args.mean, std=args.std, device=device)
 
 
 def _check_device(device) -> None:
@@ -550,6 +565,26 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
     return value
+
+
+def _channel_values(text: str) -> tuple[float, ...]:
+    """``--mean``/``--std``: one number (every channel) or three separated by commas (R,G,B)."""
+    import math
+
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) not in (1, 3) or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected one number or three separated by commas (R,G,B), got {text!r}")
+    return values
+
+
+def _positive_channel_values(text: str) -> tuple[float, ...]:
+    values = _channel_values(text)
+    if any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    return values
 
 
 def _device(text: str):
