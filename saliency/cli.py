@@ -84,12 +84,12 @@ def _add_explain(commands: argparse._SubParsersAction) -> None:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--target", action="append", metavar="CLASS",
                        help="class to explain, by label or index; repeat for several (default: the top-1 class)")
-    which.add_argument("--topk", type=_positive_int, metavar="K",
+    which.add_argument("--topk", type=positive_int, metavar="K",
                        help="explain each image's K most probable classes")
     _add_render_options(p, default_style="heatmap")
     p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
                    help=f"folder for the PNG files (default: {DEFAULT_OUT})")
-    p.add_argument("--batch-size", type=_positive_int, default=8, metavar="N",
+    p.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
                    help="images per forward pass (default: 8)")
 
 
@@ -102,7 +102,7 @@ def run_explain(args: argparse.Namespace) -> int:
     from saliency.render import render_batch, save_png
 
     paths = expand_images(args.images)
-    methods = [m.name for m in resolve_methods(_split(args.method))]
+    methods = [m.name for m in resolve_methods(split_names(args.method))]
     options = _method_options(methods, args.option)
     style = _render_kwargs(args)
     loaded = _load_model(args)
@@ -230,7 +230,7 @@ def run_compare(args: argparse.Namespace) -> int:
     from saliency.render import render_batch, write_atomic
 
     path = Path(args.image)
-    methods = [m.name for m in resolve_methods(_split(args.methods))]
+    methods = [m.name for m in resolve_methods(split_names(args.methods))]
     options = _method_options(methods, args.option)
     style = _render_kwargs(args)
     image = open_image(path)
@@ -309,8 +309,8 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
                  "saliency serve --model my_pkg.nets:build --weights net.pt --labels labels.txt --input-size 128")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=_port, default=8000, help="port (default: 8000)")
-    p.add_argument("--workers", type=_positive_int, metavar="N", help="worker processes (default: from settings)")
-    p.add_argument("--threads", type=_positive_int, metavar="N", help="threads per worker (default: from settings)")
+    p.add_argument("--workers", type=positive_int, metavar="N", help="worker processes (default: from settings)")
+    p.add_argument("--threads", type=positive_int, metavar="N", help="threads per worker (default: from settings)")
     p.add_argument("--dev", action="store_true", help="Flask's development server instead of gunicorn")
     _add_model_options(p, default=None)
 
@@ -335,13 +335,13 @@ def _add_train_demo(commands: argparse._SubParsersAction) -> None:
                  "saliency train-demo --steps 300 --out my-demo.pt && "
                  "saliency explain examples/star.png --weights my-demo.pt")
     p.add_argument("--out", metavar="FILE", help="where to save the weights (default: the bundled weights file)")
-    p.add_argument("--steps", type=_positive_int, default=1500, metavar="N", help="optimiser steps (default: 1500)")
-    p.add_argument("--train-images", type=_positive_int, default=20_000, metavar="N",
+    p.add_argument("--steps", type=positive_int, default=1500, metavar="N", help="optimiser steps (default: 1500)")
+    p.add_argument("--train-images", type=positive_int, default=20_000, metavar="N",
                    help="generated training images (default: 20000)")
-    p.add_argument("--test-images", type=_positive_int, default=2000, metavar="N",
+    p.add_argument("--test-images", type=positive_int, default=2000, metavar="N",
                    help="fresh images to measure accuracy on (default: 2000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--threads", type=_positive_int, default=2, metavar="N", help="CPU threads (default: 2)")
+    p.add_argument("--threads", type=positive_int, default=2, metavar="N", help="CPU threads (default: 2)")
 
 
 def run_train_demo(args: argparse.Namespace) -> int:
@@ -422,8 +422,8 @@ def _add_model_options(p: argparse.ArgumentParser, default: str | None = "demo")
                                                    "for pkg.module:factory 224 px, ImageNet mean and std)")
     group.add_argument("--labels", metavar="FILE",
                        help="class names, one per line in class-index order (or a JSON list)")
-    group.add_argument("--input-size", type=_positive_int, metavar="N", help="side of the square model input")
-    group.add_argument("--resize", type=_positive_int, metavar="N",
+    group.add_argument("--input-size", type=positive_int, metavar="N", help="side of the square model input")
+    group.add_argument("--resize", type=positive_int, metavar="N",
                        help="resize the shorter side to N before the centre crop (at least --input-size)")
     group.add_argument("--mean", type=_channel_values, metavar="R,G,B",
                        help="normalisation mean: one number for every channel, or three")
@@ -531,7 +531,8 @@ def _method_options(methods: list[str], pairs: list[str]) -> dict[str, str]:
     return options
 
 
-def _split(names: str) -> list[str]:
+def split_names(names: str) -> list[str]:
+    """``"a, b,,c"`` → ``["a", "b", "c"]``."""
     return [n.strip() for n in names.split(",") if n.strip()]
 
 
@@ -557,7 +558,8 @@ def _fail(message: str) -> int:
     return 1
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
     try:
         value = int(text)
     except ValueError:
@@ -597,7 +599,7 @@ def _device(text: str):
 
 
 def _port(text: str) -> int:
-    value = _positive_int(text)
+    value = positive_int(text)
     if value > 65535:
         raise argparse.ArgumentTypeError(f"a port is at most 65535, got {value}")
     return value

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from saliency.cli import positive_int, split_names
+
 DEFAULT_OUT = "saliency-eval"
 EXAMPLES = (
     "saliency eval",
@@ -39,7 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help=f"{', '.join(METHODS)} or all, separated by commas (default: all)")
     p.add_argument("--checks", default="all", metavar="NAMES",
                    help=f"{', '.join(CHECKS)} or all, separated by commas (default: all)")
-    p.add_argument("--n-images", type=_positive_int, default=DEFAULT_IMAGES, metavar="N",
+    p.add_argument("--n-images", type=positive_int, default=DEFAULT_IMAGES, metavar="N",
                    help=f"shapes images to evaluate on (default: {DEFAULT_IMAGES}, one per class)")
     p.add_argument("--seed", type=int, default=0,
                    help="picks the images, the random maps and orders, the re-initialised weights, and the "
@@ -59,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
     from saliency.methods import resolve_methods
     from saliency.models import load_model
 
-    methods = [m.name for m in resolve_methods(_split(args.methods))]
-    checks = resolve_checks(_split(args.checks))
+    methods = [m.name for m in resolve_methods(split_names(args.methods))]
+    checks = resolve_checks(split_names(args.checks))
     device = _device(args.device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)  # --weights random: the same network for the same seed
@@ -90,17 +92,3 @@ def _device(text: str):
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise SaliencyError(f"--device {text}: Apple's MPS backend is not available here; use --device cpu")
     return device
-
-
-def _split(names: str) -> list[str]:
-    return [n.strip() for n in names.split(",") if n.strip()]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
-    return value
