@@ -23,7 +23,7 @@ from torch.overrides import TorchFunctionMode
 
 from saliency import rules
 
-ReluRule = Callable[[Tensor, Tensor], Tensor]
+ReluRule = Callable[[Tensor, rules.Gate], Tensor]
 
 
 class RuleSelector:
