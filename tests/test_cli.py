@@ -18,15 +18,7 @@ STAR = EXAMPLES / "star.png"
 EXECUTABLE = Path(sys.executable).with_name("saliency")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The demo model is tiny: one thread is fastest, and far faster on a busy shared CPU."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
