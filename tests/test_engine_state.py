@@ -111,3 +111,19 @@ def test_repeated_calls_do_not_accumulate():
     first = saliency.explain(model, x, "guided")["guided"]
     second = saliency.explain(model, x, "guided")["guided"]
     assert torch.equal(first, second)
+
+
+def test_no_graph_outlives_the_call():
+    """The forward graph (and every activation it holds) is freed when explain returns."""
+    import gc
+    import warnings
+
+    from saliency.passes import ForwardPass
+
+    model = _model().eval()
+    result = saliency.explain(model, torch.randn(2, 3, 10, 10), methods="all", options={"samples": 2, "steps": 2})
+    gc.collect()
+    with warnings.catch_warnings():  # looking at every live object wakes deprecated torch aliases
+        warnings.simplefilter("ignore")
+        assert not [o for o in gc.get_objects() if isinstance(o, ForwardPass)]
+    assert all(m.grad_fn is None for m in result.values())
