@@ -150,25 +150,29 @@ def _activation_notes(mode: RuleMode, chosen: list) -> tuple[str, ...]:
 
 
 _mode_lock = threading.Lock()
-_mode_sessions: "weakref.WeakKeyDictionary[nn.Module, tuple[int, dict[nn.Module, bool]]]" = weakref.WeakKeyDictionary()
+_mode_sessions: "weakref.WeakKeyDictionary[nn.Module, tuple[int, list[nn.Module]]]" = weakref.WeakKeyDictionary()
 
 
 @contextmanager
 def _evaluation_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode while any explanation of ``model`` runs; the first caller's train flags come back after the last."""
+    """Eval mode while any explanation of ``model`` runs; modules in training mode get it back after the last.
+
+    A model already in eval mode is not touched at all (the usual case in a service).
+    """
     with _mode_lock:
-        count, saved = _mode_sessions.get(model, (0, {}))
+        count, training = _mode_sessions.get(model, (0, []))
         if count == 0:
-            saved = {m: m.training for m in model.modules()}
-            model.eval()
-        _mode_sessions[model] = (count + 1, saved)
+            training = [m for m in model.modules() if m.training]
+            if training:
+                model.eval()
+        _mode_sessions[model] = (count + 1, training)
     try:
         yield
     finally:
         with _mode_lock:
-            count, saved = _mode_sessions.pop(model)
+            count, training = _mode_sessions.pop(model)
             if count > 1:
-                _mode_sessions[model] = (count - 1, saved)
+                _mode_sessions[model] = (count - 1, training)
             else:
-                for module, training in saved.items():
-                    module.training = training
+                for module in training:
+                    module.training = True
