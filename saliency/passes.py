@@ -29,7 +29,8 @@ class ForwardPass:
         self.model = model
         self.selector = RuleSelector()
         self.mode = RuleMode(self.selector, swap=swap)
-        self.leaf = x.detach().requires_grad_(True)
+        # A tensor made under torch.inference_mode() cannot join a graph: copy it out (a normal tensor here).
+        self.leaf = (x.clone() if x.is_inference() else x).detach().requires_grad_(True)
         with _capturing(capture) as self.layer, self.mode:
             logits = model(self.leaf.clone())
         self.layer.settle()

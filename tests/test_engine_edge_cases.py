@@ -1,0 +1,94 @@
+"""Unusual but legitimate models and inputs: the engine gives the right map or a clear error."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import saliency
+
+from nets import SmallNet
+
+X = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+TARGET = torch.tensor([0, 3])
+
+
+def _net() -> SmallNet:
+    torch.manual_seed(0)
+    return SmallNet().eval()
+
+
+def _plain_gradient(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    leaf = x.detach().clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(leaf).gather(1, target[:, None]).sum(), leaf)
+    return grad
+
+
+@pytest.mark.parametrize("under_inference_mode", [False, True])
+def test_input_made_under_inference_mode(under_inference_mode):
+    """A service preprocesses under ``torch.inference_mode()``, and may call explain there too."""
+    net = _net()
+    with torch.inference_mode():
+        x = X.clone()
+    expected = saliency.explain(net, X, ["vanilla", "guided"], TARGET)
+    with torch.inference_mode(under_inference_mode):
+        result = saliency.explain(net, x, ["vanilla", "guided", "gradcam", "smoothgrad", "integrated_gradients"],
+                                  TARGET, options={"samples": 2, "steps": 2})
+    for method in ("vanilla", "guided"):
+        assert torch.equal(result[method], expected[method])
+
+
+class _Twin(nn.Module):
+    """conv → ReLU → conv → ``act`` → linear, where ``act`` is a ReLU written as something else."""
+
+    def __init__(self, act):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1, self.conv2 = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3)
+        self.fc = nn.Linear(4 * 12 * 12, 5)
+        self.act = act
+
+    def forward(self, x):
+        return self.fc(self.act(self.conv2(F.relu(self.conv1(x)))).flatten(1))
+
+
+RELUS_BY_ANOTHER_NAME = {
+    "x.clamp(min=0)": lambda t: t.clamp(min=0),
+    "torch.clamp(x, 0)": lambda t: torch.clamp(t, 0),
+    "torch.clamp(x, min=0.0)": lambda t: torch.clamp(t, min=0.0),
+    "x.clamp_(min=0)": lambda t: t.clamp_(min=0),
+    "x.clamp_min(0)": lambda t: t.clamp_min(0),
+    "torch.clamp_min_(x, 0)": lambda t: torch.clamp_min_(t, 0),
+    "x.clip(min=0)": lambda t: t.clip(min=0),
+    "F.threshold(x, 0, 0)": lambda t: F.threshold(t, 0.0, 0.0),
+    "F.threshold_(x, 0, 0)": lambda t: F.threshold_(t, 0, 0),
+    "nn.Threshold(0, 0)": nn.Threshold(0.0, 0.0),
+}
+
+
+@pytest.mark.parametrize("spelling", RELUS_BY_ANOTHER_NAME)
+def test_a_relu_written_as_clamp_or_threshold_gets_the_rule(spelling):
+    """Otherwise guided / DeconvNet would pass the plain gradient through it, silently."""
+    expected = saliency.explain(_Twin(nn.ReLU()).eval(), X, saliency.RULE_METHODS, TARGET)
+    result = saliency.explain(_Twin(RELUS_BY_ANOTHER_NAME[spelling]).eval(), X, saliency.RULE_METHODS, TARGET)
+    assert result.relu_calls == 2
+    for method in saliency.RULE_METHODS:
+        assert torch.equal(result[method], expected[method]), method
+
+
+def test_clamp_to_both_ends_from_zero_is_relu6():
+    expected = saliency.explain(_Twin(nn.ReLU6()).eval(), X * 40, saliency.RULE_METHODS, TARGET)
+    result = saliency.explain(_Twin(lambda t: t.clamp(0, 6)).eval(), X * 40, saliency.RULE_METHODS, TARGET)
+    assert result.relu_calls == 2
+    for method in saliency.RULE_METHODS:
+        assert torch.equal(result[method], expected[method]), method
+
+
+@pytest.mark.parametrize("act", [lambda t: t.clamp(min=-1.0), lambda t: t.clamp(min=1e-6),
+                                 lambda t: F.threshold(t, 0.5, 0.0), lambda t: F.threshold(t, 0.0, -1.0),
+                                 lambda t: t.clamp(min=torch.zeros(()))])
+def test_other_clamps_and_thresholds_keep_the_plain_gradient(act):
+    model = _Twin(act).eval()
+    result = saliency.explain(model, X, ["vanilla", "guided"], TARGET)
+    assert result.relu_calls == 1
+    assert torch.allclose(result["vanilla"], _plain_gradient(model, X, TARGET))
