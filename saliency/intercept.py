@@ -84,20 +84,63 @@ _POOL_WITH_INDICES = {
     3: torch._C._nn.max_pool3d_with_indices,
 }
 
-# ReLU spellings: function -> (name, whether it works in place, how to read (lo, hi) from its arguments).
+# ReLU spellings: function -> (argument names, defaults, the clipped region (lo, hi) read from the
+# arguments, or None where this call is not a ReLU: a clamp or threshold is one only from zero).
 _RELU_ARGS = ("input", "inplace")
 _HARDTANH_ARGS = ("input", "min_val", "max_val", "inplace")
-_RELUS: dict[Callable, tuple[str, tuple[str, ...], dict[str, Any]]] = {
-    F.relu: ("relu", _RELU_ARGS, {"inplace": False}),
-    torch.relu: ("relu", _RELU_ARGS, {"inplace": False}),
-    torch.relu_: ("relu", ("input",), {"inplace": True}),
-    Tensor.relu: ("relu", ("input",), {"inplace": False}),
-    Tensor.relu_: ("relu", ("input",), {"inplace": True}),
-    F.relu6: ("relu6", _RELU_ARGS, {"inplace": False}),
-    F.hardtanh: ("hardtanh", _HARDTANH_ARGS, {"min_val": -1.0, "max_val": 1.0, "inplace": False}),
-    F.hardtanh_: ("hardtanh", ("input", "min_val", "max_val"), {"min_val": -1.0, "max_val": 1.0, "inplace": True}),
-    torch._C._nn.relu6: ("relu6", ("input",), {"inplace": False}),
-    torch._C._nn.relu6_: ("relu6", ("input",), {"inplace": True}),
+_CLAMP_ARGS = ("input", "min", "max")
+_THRESHOLD_ARGS = ("input", "threshold", "value", "inplace")
+Bounds = Callable[[dict[str, Any]], "tuple[float, float | None] | None"]
+
+
+def _relu(a: dict[str, Any]) -> tuple[float, None]:
+    return 0.0, None
+
+
+def _relu6(a: dict[str, Any]) -> tuple[float, float]:
+    return 0.0, 6.0
+
+
+def _hardtanh(a: dict[str, Any]) -> tuple[float, float]:
+    return a["min_val"], a["max_val"]
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _clamp(a: dict[str, Any]) -> tuple[float, float | None] | None:
+    """``clamp(x, 0)`` is a ReLU, ``clamp(x, 0, hi)`` a clipped ReLU; any other clamp is not."""
+    lo, hi = a.get("min"), a.get("max")
+    if not (_is_number(lo) and lo == 0 and (hi is None or _is_number(hi) and hi > 0)):
+        return None
+    return 0.0, None if hi is None else float(hi)
+
+
+def _threshold(a: dict[str, Any]) -> tuple[float, None] | None:
+    """``threshold(x, 0, 0)`` (``y = x if x > 0 else 0``) is a ReLU; any other threshold is not."""
+    t, v = a["threshold"], a["value"]
+    return (0.0, None) if _is_number(t) and t == 0 and _is_number(v) and v == 0 else None
+
+
+_RELUS: dict[Callable, tuple[tuple[str, ...], dict[str, Any], Bounds]] = {
+    F.relu: (_RELU_ARGS, {"inplace": False}, _relu),
+    torch.relu: (_RELU_ARGS, {"inplace": False}, _relu),
+    torch.relu_: (("input",), {"inplace": True}, _relu),
+    Tensor.relu: (("input",), {"inplace": False}, _relu),
+    Tensor.relu_: (("input",), {"inplace": True}, _relu),
+    F.relu6: (_RELU_ARGS, {"inplace": False}, _relu6),
+    torch._C._nn.relu6: (("input",), {"inplace": False}, _relu6),
+    torch._C._nn.relu6_: (("input",), {"inplace": True}, _relu6),
+    F.hardtanh: (_HARDTANH_ARGS, {"min_val": -1.0, "max_val": 1.0, "inplace": False}, _hardtanh),
+    F.hardtanh_: (_HARDTANH_ARGS[:3], {"min_val": -1.0, "max_val": 1.0, "inplace": True}, _hardtanh),
+    **{f: (_CLAMP_ARGS, {"inplace": False}, _clamp)
+       for f in (torch.clamp, Tensor.clamp, torch.clip, Tensor.clip, torch.clamp_min, Tensor.clamp_min)},
+    **{f: (_CLAMP_ARGS, {"inplace": True}, _clamp)
+       for f in (torch.clamp_, Tensor.clamp_, torch.clip_, Tensor.clip_, torch.clamp_min_, Tensor.clamp_min_)},
+    F.threshold: (_THRESHOLD_ARGS, {"inplace": False}, _threshold),
+    torch.threshold: (_THRESHOLD_ARGS[:3], {"inplace": False}, _threshold),
+    torch.threshold_: (_THRESHOLD_ARGS[:3], {"inplace": True}, _threshold),
 }
 
 # Max-pool spellings: function -> (pooled dimensions, whether it always returns the indices).
@@ -158,15 +201,16 @@ class RuleMode(TorchFunctionMode):
         return func(*args, **kwargs)
 
     def _relu(self, func: Callable, args: tuple, kwargs: dict) -> Tensor:
-        name, names, defaults = _RELUS[func]
+        names, defaults, bounds = _RELUS[func]
         a = _bind(names, defaults, args, kwargs)
         x = a["input"]
-        if not (torch.is_grad_enabled() and x.requires_grad):
+        region = bounds(a)
+        if region is None or not (torch.is_grad_enabled() and x.requires_grad):
             return func(*args, **kwargs)
         self.relu_calls += 1
         if not self.swap:
             return func(*args, **kwargs)
-        lo, hi = {"relu": (0.0, None), "relu6": (0.0, 6.0)}.get(name) or (a["min_val"], a["max_val"])
+        lo, hi = region
         return _GatedReLU.apply(x, lo, hi, self.selector, bool(a["inplace"]))
 
     def _max_pool(self, func: Callable, args: tuple, kwargs: dict) -> Any:
