@@ -120,7 +120,11 @@ class LoadedModel:
             raise TargetError(f"a class must be an index 0..{last} or a label, got "
                               f"{type(label_or_index).__name__}")
         if isinstance(label_or_index, str) and re.fullmatch(r"\s*[+-]?\d+\s*", label_or_index):
-            label_or_index = int(label_or_index)
+            digits = label_or_index.strip()
+            if len(digits.lstrip("+-").lstrip("0")) > 18:  # beyond any class count, and beyond int()'s limit
+                raise TargetError(f"class index {digits[:12]}... ({len(digits)} characters) is out of range: "
+                                  f"model '{self.name}' has classes 0..{last}")
+            label_or_index = int(digits)
         if isinstance(label_or_index, int):
             if not 0 <= label_or_index <= last:
                 raise TargetError(f"class index {label_or_index} is out of range: model '{self.name}' "

@@ -536,8 +536,8 @@ def split_names(names: str) -> list[str]:
     return [n.strip() for n in names.split(",") if n.strip()]
 
 
-def _class_arg(value: str) -> str | int:
-    return int(value) if re.fullmatch(r"[+-]?\d+", value.strip()) else value
+def _class_arg(value: str) -> str:
+    return value  # an index as digits or a label: LoadedModel.class_index reads both, any length
 
 
 def _slug(label: str) -> str:

@@ -168,7 +168,15 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     try:
         coerced = int(str(value), 10) if kind is int else kind(value)
     except (TypeError, ValueError):
-        raise OptionError(f"option {key!r} must be a {kind.__name__}, got {value!r}") from None
+        kind_name = {int: "a whole number", float: "a number"}.get(kind, f"a {kind.__name__}")
+        raise OptionError(f"option {key!r} must be {kind_name}, got {_shown(value)}") from None
     if key in ("samples", "steps", "batch_size") and coerced < 1 or key == "noise" and not coerced >= 0:
         raise OptionError(f"option {key!r} must be {'at least 1' if kind is int else 'non-negative'}, got {value!r}")
+    if key == "seed" and not -2**63 <= coerced < 2**64:  # what torch.Generator.manual_seed accepts
+        raise OptionError(f"option 'seed' must be from {-2**63} to {2**64 - 1}, got {_shown(value)}")
     return coerced
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(str(value))} characters)"

@@ -16,6 +16,7 @@ onto the original image through ``Prepared.box`` (the region the model's input c
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import secrets
@@ -164,7 +165,14 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
     Readers (and an interrupted run) see either the old file, the complete new one, or nothing.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a file where a folder should be: name the file, not "File exists"
+        blocker = next((p for p in (target.parent, *target.parent.parents) if p.exists() and not p.is_dir()),
+                       target.parent)
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory (a file is in the way)", str(blocker)) from None
+    if target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", str(target))
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
     # os.open with 0o666 lets the umask decide the permissions, as for any new file
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)

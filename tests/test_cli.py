@@ -214,6 +214,11 @@ def test_train_demo_writes_weights_that_explain_can_load(capsys, tmp_path):
     (["explain", str(STAR), "--weights", "no/such/weights.pt"], "weights.pt"),
     (["explain", str(STAR), "--option", "samples=3"], "samples"),
     (["compare", str(STAR), "--methods", "smoothgrad", "--option", "samples=many"], "samples"),
+    (["explain", str(STAR), "--target", "9" * 5000], "out of range"),
+    (["compare", str(STAR), "--target", "9" * 5000], "out of range"),
+    (["explain", str(STAR), "--method", "smoothgrad", "--option", "seed=99999999999999999999999"], "seed"),
+    (["explain", str(STAR), "--method", "gradcam", "--option", "layer=classifier"], "feature map"),
+    (["compare", str(STAR), "--methods", "guided_gradcam", "--option", "layer=classifier"], "feature map"),
 ])
 def test_bad_input_gives_one_error_line_and_a_nonzero_exit(capsys, tmp_path, argv, message):
     code, out, err = run(capsys, *argv, "--out", str(tmp_path / "out"))
@@ -262,6 +267,20 @@ def test_an_unwritable_output_is_one_error_line(capsys, tmp_path):
     assert code == 1 and "choose another --out" in one_error_line(err)
     code, _, err = run(capsys, "compare", str(STAR), "--out", str(blocker / "grid.png"))
     assert code == 1 and "choose another --out" in one_error_line(err)
+
+
+def test_an_output_that_is_a_folder_or_a_file_is_named_in_the_error(capsys, tmp_path):
+    folder = tmp_path / "grid.png"
+    folder.mkdir()
+    code, _, err = run(capsys, "compare", str(STAR), "--out", str(folder))
+    line = one_error_line(err)
+    assert code == 1 and f"'{folder}'" in line and "directory" in line.lower() and ".part" not in line
+    assert list(folder.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["grid.png"]
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file where the output folder should go")
+    code, _, err = run(capsys, "explain", str(STAR), "--out", str(blocker))
+    line = one_error_line(err)
+    assert code == 1 and f"'{blocker}'" in line and "not a directory" in line.lower()
 
 
 def test_one_bad_image_among_many_still_explains_the_rest(capsys, tmp_path):

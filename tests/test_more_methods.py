@@ -132,7 +132,7 @@ def test_progress_reports_each_batch_up_to_the_total(demo):
 
 
 @pytest.mark.parametrize(("options", "message"), [
-    ({"sample": 3}, "unknown option 'sample'"), ({"samples": "many"}, "must be a int"),
+    ({"sample": 3}, "unknown option 'sample'"), ({"samples": "many"}, "must be a whole number"),
     ({"samples": 0}, "at least 1"), ({"noise": -1}, "non-negative")])
 def test_bad_options_are_clear_errors(demo, options, message):
     with pytest.raises(OptionError, match=message):
