@@ -52,4 +52,4 @@ class Metrics:
         self.images.inc(images)
 
     def exposition(self) -> Response:
-        return Response(generate_latest(self.registry), mimetype=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(self.registry), content_type=CONTENT_TYPE_LATEST)

@@ -51,6 +51,9 @@ class ExplainRequest:
 def parse_explain_request(request: Request, settings: Settings, model_name: str) -> ExplainRequest:
     """Images from multipart field(s) ``image`` or a raw image body; parameters from query or form."""
     values = request.values
+    if "image" in values:  # e.g. curl -F image=photo.jpg, without the @
+        raise RequestError(f"the field 'image' holds text ({values['image'][:40]!r}), not a file; attach the file "
+                           "(curl -F image=@photo.jpg, with the @) or send it as a raw body with an image/* Content-Type")
     unknown = sorted(set(values) - set(PARAMETERS))
     if unknown:
         raise RequestError(f"unknown parameter {', '.join(repr(name[:40]) for name in unknown[:5])}; "

@@ -290,6 +290,10 @@ BAD_REQUESTS = {
     "option too costly": ("?method=smoothgrad&samples=100000", 400, "bad_request"),
     "unknown layer": ("?method=gradcam&layer=no.such.layer", 400, None),
     "infinite option": ("?method=integrated_gradients&baseline=inf", 400, "bad_request"),
+    "target index of 5000 digits": ("?target=" + "9" * 5000, 400, "invalid_target"),
+    "seed beyond 64 bits": ("?method=smoothgrad&seed=99999999999999999999999", 400, "invalid_option"),
+    "gradcam layer without a feature map": ("?method=gradcam&layer=classifier", 400, "invalid_option"),
+    "guided gradcam layer without a feature map": ("?method=guided_gradcam&layer=classifier", 400, "invalid_option"),
 }
 
 
@@ -304,6 +308,13 @@ def test_missing_image_field(client):
                            content_type="multipart/form-data")
     assert "'image'" in assert_error(response, 400, "bad_request")["detail"]
     assert_error(client.post("/v1/explain"), 400, "bad_request")
+
+
+def test_image_sent_as_text_not_a_file_says_to_attach_the_file(client):
+    # curl -F image=photo.jpg (without the @) sends the file name as text
+    response = client.post("/v1/explain", data={"image": "photo.jpg"}, content_type="multipart/form-data")
+    detail = assert_error(response, 400, "bad_request")["detail"]
+    assert "unknown parameter" not in detail and "image=@" in detail
 
 
 def test_png_with_two_images_is_refused(client):
@@ -423,6 +434,7 @@ def test_metrics_count_requests_errors_and_method_latency():
     assert 'saliency_explain_method_seconds_count{method="guided"} 1.0' in text
     assert 'saliency_explain_method_seconds_count{method="deconvnet"}' not in text
     assert "saliency_http_request_seconds_bucket" in text
+    assert client.get("/metrics").headers["Content-Type"].count("charset") == 1
 
 
 def test_openapi_document_is_valid_and_matches_the_routes(app, client):
