@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from saliency.errors import InputError, NoReluError, OptionError, UnsupportedActivationWarning
+from saliency.errors import CompiledModelError, InputError, NoReluError, OptionError, UnsupportedActivationWarning
 from saliency.intercept import RuleMode
 from saliency.methods import RULE_METHODS, Method, resolve_methods, resolve_options
 from saliency.passes import ForwardPass, Target
@@ -78,6 +78,7 @@ def explain(model: nn.Module, inputs: Tensor, methods: str | Sequence[str] = RUL
         run = ForwardPass(model, x, target, swap=any(m.needs_relu for m in chosen),
                           capture=_layer(model, settings, chosen))
         seconds["forward"] = time.perf_counter() - start
+        _check_compiled(run.mode, chosen)
         _check_relus(run.mode, chosen)
         notes = _activation_notes(run.mode, chosen)
         maps: dict[str, Tensor] = {}
@@ -127,6 +128,15 @@ def _as_model_input(model: nn.Module, inputs: Tensor) -> Tensor:
         return inputs
     dtype = param.dtype if param.is_floating_point() else inputs.dtype
     return inputs.to(device=param.device, dtype=dtype)
+
+
+def _check_compiled(mode: RuleMode, chosen: list) -> None:
+    affected = [m.name for m in chosen if m.needs_relu or m.needs_layer]
+    if affected and mode.compiled_calls:
+        raise CompiledModelError(
+            f"{' and '.join(affected)} cannot reach into torch.compile'd code, which this model runs; explain the "
+            "uncompiled model (a compiled module keeps it as ._orig_mod), or use 'vanilla', 'smoothgrad' or "
+            "'integrated_gradients'")
 
 
 def _check_relus(mode: RuleMode, chosen: list) -> None:

@@ -27,6 +27,10 @@ class NoReluError(SaliencyError, ValueError):
     """DeconvNet / guided backpropagation asked for, but the model ran no ReLU we could see."""
 
 
+class CompiledModelError(NoReluError):
+    """A rule or Grad-CAM layer asked for where the model runs ``torch.compile``d code, which they cannot reach."""
+
+
 class ImageError(SaliencyError, ValueError):
     """An image that cannot be decoded or is unsafe to decode."""
 

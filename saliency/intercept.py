@@ -189,9 +189,15 @@ class RuleMode(TorchFunctionMode):
         self.relu_calls = 0
         self.max_pool_calls = 0
         self.other_activations: Counter[str] = Counter()
+        self.compiled_calls = 0
 
     def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
+        if torch.compiler.is_compiling():
+            # torch.compile is tracing through us: a rule swapped in here would be baked into the compiled
+            # backward at whatever the selector said at trace time, so nothing is swapped; the engine refuses.
+            self.compiled_calls += 1
+            return func(*args, **kwargs)
         if func in _RELUS:
             return self._relu(func, args, kwargs)
         if func in _MAX_POOLS:

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from saliency import rules
-from saliency.errors import ModelOutputError, TargetError
+from saliency.errors import ModelOutputError, OptionError, TargetError
 from saliency.intercept import ReluRule, RuleMode, RuleSelector
 
 Target = int | Sequence[int] | Tensor | None
@@ -55,8 +55,14 @@ class ForwardPass:
                 "no layer returned a [batch, channels, height, width] feature map to compute Grad-CAM on; "
                 "name one with the 'layer' option")
         self.selector.rule = rules.vanilla
-        (grad,) = torch.autograd.grad(self.score, self.layer.activation, retain_graph=True)
-        return self.layer.activation.detach(), grad
+        a = self.layer.activation
+        grad = torch.autograd.grad(self.score, a, retain_graph=True, allow_unused=True)[0] if a.requires_grad else None
+        if grad is None:
+            name = next((n for n, m in self.model.named_modules() if m is self.layer.module), "chosen")
+            raise OptionError(
+                f"the class scores do not depend on layer {name!r}'s output (it ran under torch.no_grad(), "
+                "or its output was not used), so it has no Grad-CAM; name another layer with the 'layer' option")
+        return a.detach(), grad
 
 
 def input_gradients(model: nn.Module, x: Tensor, targets: Tensor) -> Tensor:
@@ -94,7 +100,8 @@ class CapturedLayer:
     """The layer Grad-CAM looks at, and its output in this thread's forward pass.
 
     ``"auto"`` keeps the last module with parameters (a conv layer or block, not a pooling or
-    dropout layer) to return a 4-D feature map larger than 1×1; failing that, one of 1×1.
+    dropout layer) to return a 4-D feature map larger than 1×1 that gradients flow through (not one
+    run under ``torch.no_grad()``); failing that, one of 1×1.
     """
 
     def __init__(self, wanted: nn.Module | str | None) -> None:
@@ -106,7 +113,7 @@ class CapturedLayer:
     def offer(self, module: nn.Module, output: Any) -> None:
         if self.wanted is module:
             self.module, self.activation = module, output
-        elif (self.wanted == "auto" and isinstance(output, Tensor) and output.dim() == 4
+        elif (self.wanted == "auto" and isinstance(output, Tensor) and output.dim() == 4 and output.requires_grad
               and next(module.parameters(), None) is not None):
             if output.shape[2] * output.shape[3] > 1:
                 self.module, self.activation = module, output

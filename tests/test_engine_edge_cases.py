@@ -92,3 +92,78 @@ def test_other_clamps_and_thresholds_keep_the_plain_gradient(act):
     result = saliency.explain(model, X, ["vanilla", "guided"], TARGET)
     assert result.relu_calls == 1
     assert torch.allclose(result["vanilla"], _plain_gradient(model, X, TARGET))
+
+
+class _GatedByNoGradBranch(nn.Module):
+    """A feature extractor, then a gate computed under ``torch.no_grad()`` from a later conv."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.gate = nn.Conv2d(8, 1, 3, padding=1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        f = self.features(x)
+        with torch.no_grad():
+            g = torch.sigmoid(self.gate(f))
+        return self.fc((f * g).mean((2, 3)))
+
+
+def test_gradcam_auto_skips_a_layer_run_without_gradients():
+    result = saliency.explain(_GatedByNoGradBranch().eval(), X, ["gradcam"], TARGET)
+    assert result.layer == "features"
+
+
+class _WithUnusedAux(_GatedByNoGradBranch):
+    """Also runs an auxiliary conv whose output the class scores do not use."""
+
+    def __init__(self):
+        super().__init__()
+        self.aux = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        self.aux(self.features(x))
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("layer", ["gate", "aux"])
+def test_gradcam_on_a_layer_the_score_does_not_flow_through_is_a_clear_error(layer):
+    """``gate`` runs under ``torch.no_grad()``; ``aux``'s output is thrown away."""
+    with pytest.raises(saliency.SaliencyError, match=f"layer {layer!r}"):
+        saliency.explain(_WithUnusedAux().eval(), X, ["gradcam"], TARGET, options={"layer": layer})
+
+
+@pytest.fixture(scope="module")
+def compiled_net():
+    """``backend="eager"``: Dynamo traces the model as ``torch.compile`` always does, without code generation."""
+    torch._dynamo.reset()
+    yield torch.compile(_net(), backend="eager")
+    torch._dynamo.reset()
+
+
+def test_compiled_model_gets_the_plain_gradient(compiled_net):
+    result = saliency.explain(compiled_net, X, ["vanilla"], TARGET)
+    assert torch.allclose(result["vanilla"], _plain_gradient(_net(), X, TARGET), atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:Using `torch.compile(module)` when there are global hooks")
+@pytest.mark.parametrize("method", ["guided", "deconvnet", "gradcam", "guided_gradcam"])
+def test_compiled_model_is_refused_where_a_rule_or_layer_would_be_traced_away(compiled_net, method):
+    """Dynamo would bake the plain gradient into the compiled backward: a silent wrong map otherwise."""
+    with pytest.raises(saliency.SaliencyError, match="torch.compile"):
+        saliency.explain(compiled_net, X, [method], TARGET)
+
+
+def test_compiled_submodule_is_refused_too():
+    net = _net()
+    net.conv2 = torch.compile(net.conv2, backend="eager")
+
+    class Act(nn.Module):
+        def forward(self, t):
+            return F.relu(t)
+
+    net.relu = torch.compile(Act(), backend="eager")
+    with pytest.raises(saliency.SaliencyError, match="torch.compile"):
+        saliency.explain(net, X, ["guided"], TARGET)
