@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -58,6 +59,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None,
                           mean=mean, std=std)
     config = {k: v for k, v in dict(settings, **model_settings).items() if v is not None}
     resolved = load_settings(config)  # fail early, in the parent, on a bad setting
+    _check_address(host, port)
     if dev:
         create_app(config).run(host=host, port=port, threaded=True)
         return
@@ -80,3 +82,17 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None,
             raise ServerStartError("the service did not start: a worker could not load the app "
                                    "(the reason is logged above)") from None
         raise
+
+
+def _check_address(host: str, port: int) -> None:
+    """Fail at once, in one line, where the server could not listen (gunicorn retries, then logs)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn and Flask do
+            probe.bind(address)
+    except OSError as exc:
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise ServerStartError(f"cannot listen on {shown}: {exc.strerror or exc}; "
+                               "choose another --port (or --host), or stop what is using it") from None

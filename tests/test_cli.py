@@ -187,6 +187,24 @@ def test_serve_runs_the_http_service_until_stopped(tmp_path):
         server.wait(timeout=60)
 
 
+@pytest.mark.parametrize("dev", [False, True])
+def test_serve_on_a_port_in_use_is_one_error_line_at_once(tmp_path, dev):
+    import socket
+    import time
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        done = subprocess.run([str(EXECUTABLE), "serve", "--port", str(port)] + ["--dev"] * dev,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1
+        line = one_error_line(done.stderr)
+        assert f"127.0.0.1:{port}" in line and "--port" in line
+        assert time.monotonic() - started < 30  # no retries, no model loaded first
+
+
 def test_train_demo_writes_weights_that_explain_can_load(capsys, tmp_path):
     weights = tmp_path / "tiny.pt"
     code, out, err = run(capsys, "train-demo", "--steps", "2", "--train-images", "32", "--test-images", "16",
