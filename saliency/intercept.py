@@ -210,7 +210,7 @@ class RuleMode(TorchFunctionMode):
         names, defaults, bounds = _RELUS[func]
         a = _bind(names, defaults, args, kwargs)
         x = a["input"]
-        region = bounds(a)
+        region = bounds(a) if "out" not in a else None  # out= has no autograd: torch refuses it
         if region is None or not (torch.is_grad_enabled() and x.requires_grad):
             return func(*args, **kwargs)
         self.relu_calls += 1

@@ -37,6 +37,9 @@ class ForwardPass:
         self.logits = _check_logits(logits, len(x))
         self.targets = resolve_targets(target, self.logits)
         self.score = self.logits.gather(1, self.targets[:, None]).sum()
+        if not self.score.requires_grad:
+            raise ModelOutputError(_NOT_DIFFERENTIABLE.format(
+                "carry no gradient: the forward runs under torch.no_grad() or torch.inference_mode()"))
         self._input_gradients: dict[ReluRule, Tensor] = {}
         self.cache: dict[str, Any] = {}  # results methods share, e.g. the Grad-CAM map
 
@@ -44,7 +47,10 @@ class ForwardPass:
         """d score / d input with ``rule`` at every ReLU (computed once per rule)."""
         if rule not in self._input_gradients:
             self.selector.rule = rule
-            (grad,) = torch.autograd.grad(self.score, self.leaf, retain_graph=True)
+            (grad,) = torch.autograd.grad(self.score, self.leaf, retain_graph=True, allow_unused=True)
+            if grad is None:
+                raise ModelOutputError(_NOT_DIFFERENTIABLE.format(
+                    "do not depend on the input through autograd: the forward detaches it (.detach(), numpy)"))
             self._input_gradients[rule] = grad
         return self._input_gradients[rule]
 
@@ -63,6 +69,9 @@ class ForwardPass:
                 f"the class scores do not depend on layer {name!r}'s output (it ran under torch.no_grad(), "
                 "or its output was not used), so it has no Grad-CAM; name another layer with the 'layer' option")
         return a.detach(), grad
+
+
+_NOT_DIFFERENTIABLE = "the model's class scores {}; explain needs a forward pass that is differentiable in the input"
 
 
 def input_gradients(model: nn.Module, x: Tensor, targets: Tensor) -> Tensor:

@@ -167,3 +167,37 @@ def test_compiled_submodule_is_refused_too():
     net.relu = torch.compile(Act(), backend="eager")
     with pytest.raises(saliency.SaliencyError, match="torch.compile"):
         saliency.explain(net, X, ["guided"], TARGET)
+
+
+class _NoGradForward(SmallNet):
+    @torch.no_grad()
+    def forward(self, x):
+        return super().forward(x)
+
+
+class _InferenceForward(SmallNet):
+    @torch.inference_mode()
+    def forward(self, x):
+        return super().forward(x)
+
+
+class _DetachedInput(SmallNet):
+    def forward(self, x):
+        return super().forward(torch.from_numpy(x.detach().numpy()))
+
+
+@pytest.mark.parametrize("model", [_NoGradForward, _InferenceForward, _DetachedInput])
+@pytest.mark.parametrize("method", ["vanilla", "guided", "smoothgrad"])
+def test_a_forward_with_no_gradient_to_the_input_is_a_clear_error(model, method):
+    with pytest.raises(saliency.errors.ModelOutputError, match="differentiable"):
+        saliency.explain(model().eval(), X, [method], TARGET, options={"samples": 2} if method == "smoothgrad" else None)
+
+
+def test_clamp_with_out_is_left_to_torch():
+    """``out=`` has no autograd: torch refuses it, and the rule must not quietly write elsewhere."""
+    class Out(_Twin):
+        def __init__(self):
+            super().__init__(lambda t: torch.clamp(t, min=0, out=torch.empty_like(t)))
+
+    with pytest.raises(RuntimeError, match="out="):
+        saliency.explain(Out().eval(), X, ["guided"], TARGET)
