@@ -13,6 +13,7 @@ which is why the choice lives on an object the graph holds and not in thread-loc
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from typing import Any, Callable
 
@@ -174,6 +175,9 @@ def _bind(names: tuple[str, ...], defaults: dict[str, Any], args: tuple, kwargs:
     return bound
 
 
+_handling = threading.local()
+
+
 class RuleMode(TorchFunctionMode):
     """Active during one forward pass: swaps ReLUs and max-pools for rule-carrying nodes.
 
@@ -198,6 +202,17 @@ class RuleMode(TorchFunctionMode):
             # backward at whatever the selector said at trace time, so nothing is swapped; the engine refuses.
             self.compiled_calls += 1
             return func(*args, **kwargs)
+        if getattr(_handling, "active", False):
+            # A call another RuleMode of this thread is carrying out (explain called inside a forward pass
+            # that is being explained): it belongs to that explanation, not to this one.
+            return func(*args, **kwargs)
+        _handling.active = True
+        try:
+            return self._handle(func, args, kwargs)
+        finally:
+            _handling.active = False
+
+    def _handle(self, func: Callable, args: tuple, kwargs: dict) -> Any:
         if func in _RELUS:
             return self._relu(func, args, kwargs)
         if func in _MAX_POOLS:

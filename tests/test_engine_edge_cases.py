@@ -190,7 +190,8 @@ class _DetachedInput(SmallNet):
 @pytest.mark.parametrize("method", ["vanilla", "guided", "smoothgrad"])
 def test_a_forward_with_no_gradient_to_the_input_is_a_clear_error(model, method):
     with pytest.raises(saliency.errors.ModelOutputError, match="differentiable"):
-        saliency.explain(model().eval(), X, [method], TARGET, options={"samples": 2} if method == "smoothgrad" else None)
+        options = {"samples": 2} if method == "smoothgrad" else None
+        saliency.explain(model().eval(), X, [method], TARGET, options=options)
 
 
 def test_clamp_with_out_is_left_to_torch():
@@ -201,3 +202,25 @@ def test_clamp_with_out_is_left_to_torch():
 
     with pytest.raises(RuntimeError, match="out="):
         saliency.explain(Out().eval(), X, ["guided"], TARGET)
+
+
+@pytest.mark.parametrize("inner_methods", [["vanilla"], ["vanilla", "guided", "gradcam"]])
+def test_explain_called_inside_a_forward_pass_that_is_being_explained(inner_methods):
+    """The inner call's ReLUs belong to the inner call: the outer one neither counts nor swaps them."""
+    class Inner(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = _net()
+
+        def forward(self, x):
+            self.inner = saliency.explain(self.net, x, inner_methods, TARGET)
+            return self.net(x)
+
+    model = Inner().eval()
+    outer = saliency.explain(model, X, ["vanilla", "guided", "gradcam"], TARGET)
+    alone = saliency.explain(model.net, X, ["vanilla", "guided", "gradcam"], TARGET)
+    for result in (outer, model.inner):
+        assert (result.relu_calls, result.max_pool_calls) == (2, 2)
+        for method in result:
+            assert torch.equal(result[method], alone[method]), method
+    assert outer.layer == "net.conv2"
