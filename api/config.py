@@ -36,6 +36,7 @@ class Settings:
     max_topk: int = 10                  #: most classes explained per image with ``topk``
     max_samples: int = 64               #: largest ``samples``/``steps``/``batch_size`` a request may ask for
     max_passes: int = 1024              #: most backward passes one request may cost (images × classes × samples)
+    max_render_pixels: int = 200_000_000  #: most pixels of pictures one request may draw (maps × picture size)
     methods: tuple[str, ...] = METHODS  #: methods this server offers (a subset of the registry)
     default_method: str = "guided"      #: method used when a request names none (if offered)
     threads: int = 4                    #: request threads per gunicorn worker
@@ -78,8 +79,8 @@ def _parse(name: str, raw: str) -> Any:
     try:
         if name in ("max_upload_mb",):
             return float(raw)
-        if name in ("max_pixels", "max_images", "max_topk", "max_samples", "max_passes", "threads", "workers",
-                    "torch_threads", "timeout", "input_size", "resize"):
+        if name in ("max_pixels", "max_images", "max_topk", "max_samples", "max_passes", "max_render_pixels",
+                    "threads", "workers", "torch_threads", "timeout", "input_size", "resize"):
             return int(raw)
     except ValueError:
         raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be a number, got {raw!r}") from None
@@ -113,7 +114,8 @@ def _channel_values(name: str, parts: list[Any], raw: Any) -> tuple[float, ...]:
 
 
 def _check(settings: Settings) -> None:
-    for name in ("max_upload_mb", "max_pixels", "max_images", "max_topk", "max_samples", "max_passes", "threads", "workers", "timeout"):
+    for name in ("max_upload_mb", "max_pixels", "max_images", "max_topk", "max_samples", "max_passes",
+                 "max_render_pixels", "threads", "workers", "timeout"):
         if getattr(settings, name) <= 0:
             raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be positive, got {getattr(settings, name)}")
     for name in ("input_size", "resize"):

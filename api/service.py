@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 import saliency
+from saliency.api.errors import RequestError
 from saliency.api.parsing import ExplainRequest
 from saliency.images import open_image
 from saliency.models import LoadedModel
@@ -77,14 +78,22 @@ class Outcome:
     timer: Timer
 
 
-def run(model: LoadedModel, req: ExplainRequest, max_pixels: int) -> Outcome:
-    """Explain every image of ``req`` with ``model`` (a loaded model) as one batch per input size."""
+def run(model: LoadedModel, req: ExplainRequest, max_pixels: int, max_render_pixels: int | None = None) -> Outcome:
+    """Explain every image of ``req`` with ``model`` (a loaded model) as one batch per input size.
+
+    Refused before any work when its pictures, drawn at each image's size (the crop the model saw,
+    or the whole image for overlays), would hold more than ``max_render_pixels`` pixels in all.
+    """
     timer = Timer()
-    with timer.stage("decode"):
-        images = [open_image(data, max_pixels=max_pixels) for data in req.images]
-    with timer.stage("preprocess"):
-        prepared = [model.prepare(image) for image in images]
-        fixed_target = None if req.target is None else model.class_index(req.target)
+    fixed_target = None if req.target is None else model.class_index(req.target)
+    images, prepared = [], []
+    for data in req.images:  # one at a time, so that a request over the drawing limit stops early
+        with timer.stage("decode"):
+            images.append(open_image(data, max_pixels=max_pixels))
+        with timer.stage("preprocess"):
+            prepared.append(model.prepare(images[-1]))
+        if max_render_pixels is not None:
+            _check_drawing(req, images, prepared, len(model.labels), max_render_pixels)
     probabilities: list[torch.Tensor | None] = [None] * len(prepared)
     targets: list[list[int]] = [[] for _ in prepared]
     pictures: list[Picture] = []
@@ -171,6 +180,18 @@ def encode_npy(array: np.ndarray) -> str:
 def _class(index: int, probabilities: torch.Tensor, labels: Sequence[str]) -> dict[str, Any]:
     label = labels[index] if 0 <= index < len(labels) else str(index)
     return {"index": index, "label": label, "probability": round(float(probabilities[index]), 6)}
+
+
+def _check_drawing(req: ExplainRequest, images: list, prepared: list, classes: int, limit: int) -> None:
+    per_map = 0
+    for image, p in zip(images, prepared):
+        x0, y0, x1, y1 = (0, 0, *image.size) if req.style == "overlay" else p.box
+        per_map += (x1 - x0) * (y1 - y0)
+    maps = (1 if req.target is not None else min(req.topk, classes)) * len(req.methods)
+    if per_map * maps > limit:
+        raise RequestError(f"this request would draw {per_map * maps} pixels of pictures ({maps} maps per image, "
+                           f"each at the image's size); this server draws at most {limit}: send smaller images, "
+                           "or fewer images, classes or methods")
 
 
 def _groups_by_shape(prepared: list) -> list[list[int]]:

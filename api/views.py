@@ -27,7 +27,7 @@ def index() -> Response:
 def explain() -> Response:
     s = state()
     req = parse_explain_request(request, s.settings, s.model.name)
-    outcome = run(s.model, req, s.settings.max_pixels)
+    outcome = run(s.model, req, s.settings.max_pixels, s.settings.max_render_pixels)
     s.metrics.observe_explanation(outcome.method_seconds, len(req.images))
     if req.format == "png":
         return _png_response(outcome, s.model)

@@ -334,6 +334,18 @@ def test_a_request_costing_too_many_passes_is_refused(client):
     assert "1152 backward passes" in body["detail"]
 
 
+def test_a_request_drawing_too_many_pixels_is_refused_before_rendering():
+    # a small upload of a large picture, many classes and methods: the pictures, drawn at the image's size,
+    # would cost minutes and hundreds of MB (a 6000 x 6600 PNG of 130 kB: 40 maps, 100 s, a 460 MB answer)
+    small = create_app({"TESTING": True, "model": "demo", "max_render_pixels": 100_000})
+    client = small.test_client()
+    big = encode(Image.new("RGB", (400, 300), "white"))
+    body = assert_error(post(client, big, "?method=vanilla,guided&topk=2"), 400, "bad_request")
+    assert "361200 pixels" in body["detail"] and "at most 100000" in body["detail"]  # 4 maps of the 301 x 300 crop
+    assert_error(post(client, big, "?method=vanilla&style=overlay&format=png"), 400, "bad_request")  # 400 x 300
+    assert post(client, big, "?method=vanilla&format=png").status_code == 200  # the 300 x 300 crop: 90000
+
+
 def test_too_many_images(client, app):
     limit = app.extensions["saliency"].settings.max_images
     assert_error(post(client, [encode(picture((8, 8)))] * (limit + 1)), 400, "bad_request")
