@@ -57,6 +57,9 @@ class ForwardPass:
     def layer_gradient(self) -> tuple[Tensor, Tensor]:
         """The captured layer's activation ``A`` and its plain gradient ``d score / d A``."""
         if self.layer.activation is None:
+            if isinstance(self.model, torch.jit.ScriptModule):
+                raise ModelOutputError("Grad-CAM cannot read the layers of a TorchScript model (they run opaquely); "
+                                       "explain the Python model it was scripted or traced from")
             raise ModelOutputError(
                 "no layer returned a [batch, channels, height, width] feature map to compute Grad-CAM on; "
                 "name one with the 'layer' option")

@@ -148,7 +148,7 @@ def test_compiled_model_gets_the_plain_gradient(compiled_net):
     assert torch.allclose(result["vanilla"], _plain_gradient(_net(), X, TARGET), atol=1e-6)
 
 
-@pytest.mark.filterwarnings("ignore:Using `torch.compile(module)` when there are global hooks")
+@pytest.mark.filterwarnings(r"ignore:Using `torch.compile\(module\)` when there are global hooks")
 @pytest.mark.parametrize("method", ["guided", "deconvnet", "gradcam", "guided_gradcam"])
 def test_compiled_model_is_refused_where_a_rule_or_layer_would_be_traced_away(compiled_net, method):
     """Dynamo would bake the plain gradient into the compiled backward: a silent wrong map otherwise."""
@@ -224,3 +224,13 @@ def test_explain_called_inside_a_forward_pass_that_is_being_explained(inner_meth
         for method in result:
             assert torch.equal(result[method], alone[method]), method
     assert outer.layer == "net.conv2"
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace")
+@pytest.mark.parametrize("options", [None, {"layer": "conv2"}])
+def test_gradcam_on_torchscript_says_torchscript_is_opaque(options):
+    """Naming a layer cannot help: the error must not send the caller round in circles."""
+    traced = torch.jit.trace(_net(), X)
+    assert torch.allclose(saliency.explain(traced, X, ["vanilla"], TARGET)["vanilla"], _plain_gradient(_net(), X, TARGET))
+    with pytest.raises(saliency.SaliencyError, match="TorchScript"):
+        saliency.explain(traced, X, ["gradcam"], TARGET, options=options)
