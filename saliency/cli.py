@@ -340,7 +340,7 @@ def _add_train_demo(commands: argparse._SubParsersAction) -> None:
                    help="generated training images (default: 20000)")
     p.add_argument("--test-images", type=positive_int, default=2000, metavar="N",
                    help="fresh images to measure accuracy on (default: 2000)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="random seed (default: 0)")
     p.add_argument("--threads", type=positive_int, default=2, metavar="N", help="CPU threads (default: 2)")
 
 
@@ -566,6 +566,17 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a random seed numpy and torch both accept, 0 to 2**32 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text[:40]!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected a seed from 0 to {2**32 - 1}, got {text[:40]}")
     return value
 
 

@@ -318,6 +318,15 @@ def test_a_bad_option_value_is_an_argparse_error(capsys):
     assert "between 0 and 1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", [["eval", "--n-images", "1"], ["train-demo", "--steps", "1"]])
+@pytest.mark.parametrize("seed", ["-1", "99999999999999999999999"])
+def test_a_seed_numpy_or_torch_cannot_take_is_an_argparse_error(capsys, tmp_path, command, seed):
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--seed", seed, "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    assert "--seed" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
 def test_errors_through_the_installed_entry_point_have_no_traceback(tmp_path):
     done = subprocess.run([str(EXECUTABLE), "explain", str(tmp_path / "missing.png")],
                           capture_output=True, text=True, timeout=120)

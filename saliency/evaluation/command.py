@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from saliency.cli import positive_int, split_names
+from saliency.cli import positive_int, seed_int, split_names
 
 DEFAULT_OUT = "saliency-eval"
 EXAMPLES = (
@@ -43,7 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help=f"{', '.join(CHECKS)} or all, separated by commas (default: all)")
     p.add_argument("--n-images", type=positive_int, default=DEFAULT_IMAGES, metavar="N",
                    help=f"shapes images to evaluate on (default: {DEFAULT_IMAGES}, one per class)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=seed_int, default=0,
                    help="picks the images, the random maps and orders, the re-initialised weights, and the "
                         "network of --weights random (default: 0)")
     p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
