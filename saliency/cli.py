@@ -348,6 +348,8 @@ def run_train_demo(args: argparse.Namespace) -> int:
     """``saliency train-demo``: the models package's trainer; it logs its own progress."""
     from saliency.models.train import train_demo
 
+    if args.out:
+        check_output(args.out, folder=False)
     where = {"out_path": args.out} if args.out else {}
     result = train_demo(**where, steps=args.steps, train_images=args.train_images,
                         test_images=args.test_images, seed=args.seed, threads=args.threads)
@@ -495,6 +497,20 @@ def _writing(path: Path) -> Iterator[None]:
             raise
         where = exc.filename or path
         raise SaliencyError(f"cannot write '{where}': {exc.strerror or exc}; choose another --out") from exc
+
+
+def check_output(path: str | os.PathLike, folder: bool) -> None:
+    """Before long work: fail now, in one line, if ``path`` (a folder, or a file) could not be written."""
+    path = Path(path)
+    if not folder and path.is_dir():
+        raise SaliencyError(f"cannot write '{path}': it is a folder; choose another --out")
+    existing = path if folder else path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise SaliencyError(f"cannot write '{existing}': it is a file, not a folder; choose another --out")
+    if existing.exists() and not os.access(existing, os.W_OK | os.X_OK):
+        raise SaliencyError(f"cannot write in '{existing}': permission denied; choose another --out")
 
 
 def _ms(seconds: float) -> str:

@@ -301,6 +301,22 @@ def test_an_output_that_is_a_folder_or_a_file_is_named_in_the_error(capsys, tmp_
     assert code == 1 and f"'{blocker}'" in line and "not a directory" in line.lower()
 
 
+@pytest.mark.parametrize("command", [["eval", "--n-images", "1", "--checks", "localisation", "--methods", "vanilla"],
+                                     ["train-demo", "--steps", "1", "--train-images", "8", "--test-images", "8"]])
+def test_an_output_in_the_way_fails_before_minutes_of_work(capsys, tmp_path, command):
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file where a folder should go")
+    out = blocker / "weights.pt" if command[0] == "train-demo" else blocker
+    code, printed, err = run(capsys, *command, "--out", str(out))
+    line = one_error_line(err)
+    assert code == 1 and f"'{blocker}'" in line and "choose another --out" in line
+    assert printed == ""  # nothing computed
+    if command[0] == "train-demo":
+        (tmp_path / "folder.pt").mkdir()
+        code, printed, err = run(capsys, *command, "--out", str(tmp_path / "folder.pt"))
+        assert code == 1 and "folder.pt" in one_error_line(err) and printed == ""
+
+
 def test_one_bad_image_among_many_still_explains_the_rest(capsys, tmp_path):
     fake = tmp_path / "fake.png"
     fake.write_bytes(b"\x89PNG\r\n\x1a\n broken")

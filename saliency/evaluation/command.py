@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from saliency.cli import positive_int, seed_int, split_names
+from saliency.cli import check_output, positive_int, seed_int, split_names
 
 DEFAULT_OUT = "saliency-eval"
 EXAMPLES = (
@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     methods = [m.name for m in resolve_methods(split_names(args.methods))]
     checks = resolve_checks(split_names(args.checks))
+    check_output(args.out, folder=True)
     device = _device(args.device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)  # --weights random: the same network for the same seed
