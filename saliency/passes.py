@@ -55,7 +55,10 @@ class ForwardPass:
         return self._input_gradients[rule]
 
     def layer_gradient(self) -> tuple[Tensor, Tensor]:
-        """The captured layer's activation ``A`` and its plain gradient ``d score / d A``."""
+        """The captured layer's activation ``A`` and its plain gradient ``d score / d A``, in the input's dtype.
+
+        (Under autocast a layer may run in bfloat16 or float16; Grad-CAM's sums are not left at that precision.)
+        """
         if self.layer.activation is None:
             if isinstance(self.model, torch.jit.ScriptModule):
                 raise ModelOutputError("Grad-CAM cannot read the layers of a TorchScript model (they run opaquely); "
@@ -71,7 +74,7 @@ class ForwardPass:
             raise OptionError(
                 f"the class scores do not depend on layer {name!r}'s output (it ran under torch.no_grad(), "
                 "or its output was not used), so it has no Grad-CAM; name another layer with the 'layer' option")
-        return a.detach(), grad
+        return a.detach().to(self.leaf.dtype), grad.to(self.leaf.dtype)
 
 
 _NOT_DIFFERENTIABLE = "the model's class scores {}; explain needs a forward pass that is differentiable in the input"

@@ -231,6 +231,31 @@ def test_explain_called_inside_a_forward_pass_that_is_being_explained(inner_meth
 def test_gradcam_on_torchscript_says_torchscript_is_opaque(options):
     """Naming a layer cannot help: the error must not send the caller round in circles."""
     traced = torch.jit.trace(_net(), X)
-    assert torch.allclose(saliency.explain(traced, X, ["vanilla"], TARGET)["vanilla"], _plain_gradient(_net(), X, TARGET))
+    vanilla = saliency.explain(traced, X, ["vanilla"], TARGET)["vanilla"]
+    assert torch.allclose(vanilla, _plain_gradient(_net(), X, TARGET))
     with pytest.raises(saliency.SaliencyError, match="TorchScript"):
         saliency.explain(traced, X, ["gradcam"], TARGET, options=options)
+
+
+class _AutocastInside(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = _net()
+
+    def forward(self, x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.net(x)
+
+
+@pytest.mark.parametrize("where", ["around the call", "inside the model"])
+def test_autocast_gives_every_map_in_the_inputs_dtype(where):
+    """Grad-CAM's weighted sum over channels is not left in bfloat16 (8 significant bits)."""
+    methods = ["vanilla", "guided", "gradcam", "guided_gradcam"]
+    if where == "around the call":
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            result = saliency.explain(_net(), X, methods, TARGET)
+    else:
+        result = saliency.explain(_AutocastInside().eval(), X, methods, TARGET)
+    assert {m: result[m].dtype for m in methods} == {m: X.dtype for m in methods}
+    exact = saliency.explain(_net(), X, ["gradcam"], TARGET)["gradcam"]
+    assert torch.allclose(result["gradcam"], exact, rtol=0.1, atol=0.1 * exact.abs().max().item())
