@@ -202,10 +202,32 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | os.PathLike | None = No
                              weights=source)
     else:
         raise UnknownModelError(_unknown(name))
-    loaded = _with_preprocessing(loaded, overrides)
+    resized = _with_preprocessing(loaded, overrides)
     if device is not None:
-        loaded.module.to(device)
-    return loaded
+        resized.module.to(device)
+    if resized.preprocessing.crop != loaded.preprocessing.crop:
+        _check_input_size(resized)
+    return resized
+
+
+def _check_input_size(loaded: LoadedModel) -> None:
+    """One forward pass on a blank input of the new size: a model that cannot take it fails now, clearly."""
+    module = loaded.module
+    param = next(module.parameters(), None)
+    blank = torch.zeros((1, *loaded.preprocessing.shape), device=loaded.device,
+                        dtype=param.dtype if param is not None and param.is_floating_point() else torch.float32)
+    training = module.training
+    try:
+        module.eval()
+        with torch.no_grad():
+            module(blank)
+    except RuntimeError as exc:
+        side = loaded.preprocessing.crop
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SaliencyError(f"model '{loaded.name}' cannot take {side} x {side} inputs ({reason}); "
+                            "choose another input size") from None
+    finally:
+        module.train(training)
 
 
 def _load_bundled(name: str, weights: str | os.PathLike | None, label_names: tuple[str, ...] | None) -> LoadedModel:

@@ -60,6 +60,11 @@ class Prepared:
         return canvas
 
 
+#: Largest model input side and resize target: beyond them a typo (224 → 224000) would exhaust memory.
+MAX_INPUT_SIZE = 4096
+MAX_RESIZE = 8192
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """Resize the shorter side to ``resize``, centre-crop ``crop`` × ``crop``, normalise.
@@ -77,8 +82,10 @@ class Preprocessing:
     dtype: torch.dtype = field(default=torch.float32)
 
     def __post_init__(self) -> None:
-        if self.crop < 1:
-            raise ValueError(f"crop must be a positive size, got {self.crop}")
+        if not 1 <= self.crop <= MAX_INPUT_SIZE:
+            raise ValueError(f"the input size (crop) must be from 1 to {MAX_INPUT_SIZE} pixels, got {self.crop}")
+        if self.resize is not None and self.resize > MAX_RESIZE:
+            raise ValueError(f"resize must be at most {MAX_RESIZE} pixels, got {self.resize}")
         if self.resize is not None and self.resize < self.crop:
             raise ValueError(f"resize ({self.resize}) must be at least the crop ({self.crop})")
         if self.channels not in (1, 3):

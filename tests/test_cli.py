@@ -245,6 +245,17 @@ def test_bad_input_gives_one_error_line_and_a_nonzero_exit(capsys, tmp_path, arg
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--input-size", "1"], "1 x 1"),            # too small for the demo's pooling layers
+    (["--input-size", "100000"], "input size"),  # a typo that would need 120 GB of memory
+    (["--resize", "1000000"], "resize"),
+])
+def test_an_input_size_the_model_cannot_take_is_one_error_line(capsys, tmp_path, argv, message):
+    code, _, err = run(capsys, "explain", str(STAR), *argv, "--out", str(tmp_path / "out"))
+    assert code == 1 and message in one_error_line(err)
+    assert not (tmp_path / "out").exists()
+
+
 def test_torchvision_weights_missing_offline_say_what_to_do(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("SALIENCY_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))     # an empty cache
