@@ -126,6 +126,9 @@ def _as_model_input(model: nn.Module, inputs: Tensor) -> Tensor:
     param = next(model.parameters(), None)
     if param is None:
         return inputs
+    if param.is_inference():
+        raise InputError("the model's parameters were made under torch.inference_mode() and cannot take part in a "
+                         "backward pass; build or load the model under torch.no_grad() instead")
     dtype = param.dtype if param.is_floating_point() else inputs.dtype
     return inputs.to(device=param.device, dtype=dtype)
 

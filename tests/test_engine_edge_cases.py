@@ -259,3 +259,10 @@ def test_autocast_gives_every_map_in_the_inputs_dtype(where):
     assert {m: result[m].dtype for m in methods} == {m: X.dtype for m in methods}
     exact = saliency.explain(_net(), X, ["gradcam"], TARGET)["gradcam"]
     assert torch.allclose(result["gradcam"], exact, rtol=0.1, atol=0.1 * exact.abs().max().item())
+
+
+def test_model_built_under_inference_mode_is_a_clear_error():
+    with torch.inference_mode():
+        model = _net()
+    with pytest.raises(saliency.SaliencyError, match="inference_mode"):
+        saliency.explain(model, X, ["vanilla"], TARGET)
