@@ -80,6 +80,9 @@ def parse_explain_request(request: Request, settings: Settings, model_name: str)
             f"format=png returns one picture: send one image, one method and one target "
             f"(got {len(parsed.images)} images, methods {', '.join(parsed.methods)}, topk {parsed.topk}); "
             "use format=json for more")
+    if fmt == "png" and parsed.raw != "none":
+        raise RequestError(f"raw={parsed.raw} adds the raw maps to a JSON answer; format=png returns the picture "
+                           "alone: use format=json, or leave out raw")
     return parsed
 
 

@@ -285,6 +285,7 @@ BAD_REQUESTS = {
     "repeated format": ("?format=png&format=json", 400, "bad_request"),
     "png with two methods": ("?format=png&method=vanilla,guided", 400, "bad_request"),
     "png with topk": ("?format=png&topk=2", 400, "bad_request"),
+    "png with raw maps": ("?format=png&raw=npy", 400, "bad_request"),  # was silently left out
     "option of another method": ("?method=vanilla&samples=4", 400, "invalid_option"),
     "option of the wrong type": ("?method=smoothgrad&samples=few", 400, "invalid_option"),
     "option too costly": ("?method=smoothgrad&samples=100000", 400, "bad_request"),
