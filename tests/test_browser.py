@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from test_gunicorn import free_port, running_server, serve_command
+from servers import free_port, running_server
+from test_gunicorn import serve_command
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = "/usr/bin/chromedriver"

@@ -161,30 +161,14 @@ def test_models_lists_the_demo(capsys):
 
 
 def test_serve_runs_the_http_service_until_stopped(tmp_path):
-    import socket
-    import time
-
     import requests
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([str(EXECUTABLE), "serve", "--port", str(port), "--workers", "1", "--threads", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, "saliency serve exited early"
-            try:
-                answer = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
-                break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline, "saliency serve did not answer within 2 minutes"
-                time.sleep(0.5)
-        assert answer.status_code == 200
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
+    from servers import free_port, running_server
+
+    port = free_port()
+    command = [str(EXECUTABLE), "serve", "--port", str(port), "--workers", "1", "--threads", "1"]
+    with running_server(command, port, tmp_path / "serve.log") as url:
+        assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
 
 
 @pytest.mark.parametrize("dev", [False, True])

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import socket
-import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -165,38 +161,24 @@ def test_bad_preprocessing_flags_are_one_argparse_error(capsys, flag, value, wor
         assert line.startswith(f"saliency {command[0]}: error: argument {flag}") and words in line
 
 
-def test_serve_passes_the_model_settings_to_its_workers(custom):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = dict(os.environ, PYTHONPATH=str(custom / "src"))
-    server = subprocess.Popen([str(EXECUTABLE), "serve", "--port", str(port), "--workers", "1", "--threads", "1",
-                               *model_args(custom)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def test_serve_passes_the_model_settings_to_its_workers(custom, tmp_path):
     import requests
 
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, server.stderr.read().decode()
-            try:
-                models = requests.get(f"http://127.0.0.1:{port}/v1/models", timeout=2)
-                break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline, "saliency serve did not answer within 2 minutes"
-                time.sleep(0.2)
+    from servers import free_port, running_server
+
+    port = free_port()
+    command = [str(EXECUTABLE), "serve", "--port", str(port), "--workers", "1", "--threads", "1", *model_args(custom)]
+    with running_server(command, port, tmp_path / "serve.log", env={"PYTHONPATH": str(custom / "src")}) as url:
+        models = requests.get(f"{url}/v1/models", timeout=10)
         assert models.json()["serving"] == {"name": SPEC, "classes": 4, "input_size": 32,
                                             "weights": f"file '{custom / 'fixed32.pt'}'"}
         with open(custom / "photo.png", "rb") as photo:
-            answer = requests.post(f"http://127.0.0.1:{port}/v1/explain?method=vanilla&raw=npy",
-                                   files={"image": photo}, timeout=60)
+            answer = requests.post(f"{url}/v1/explain?method=vanilla&raw=npy", files={"image": photo}, timeout=60)
         assert answer.status_code == 200, answer.text
         (result,) = answer.json()["results"]
         assert {p["label"] for p in result["predictions"]} == set(LABELS)
         raw = np.load(io.BytesIO(base64.b64decode(result["explanations"][0]["maps"]["vanilla"]["npy"])))
         assert raw.shape == (3, 32, 32)
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
 
 
 # --- API ---------------------------------------------------------------------------------------------

@@ -3,59 +3,21 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
-import os
 import random
-import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 from PIL import Image
 
+from servers import free_port, running_server
+
 CLIENTS = 8
 METHOD_MIXES = ("vanilla", "deconvnet", "guided", "vanilla,guided", "all")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running_server(command: list[str], port: int, log_path: Path, env: dict[str, str] | None = None,
-                   startup_s: float = 120.0):
-    """Start ``command`` (a server on ``port``), wait until ``/readyz`` answers, stop it afterwards."""
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                   env={**os.environ, **(env or {})})
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + startup_s
-            while True:
-                if process.poll() is not None:
-                    pytest.fail(f"the server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-                with contextlib.suppress(requests.ConnectionError, requests.Timeout):
-                    if requests.get(f"{url}/readyz", timeout=10).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    pytest.fail(f"the server did not become ready:\n{log_path.read_text()[-3000:]}")
-                time.sleep(0.2)
-            yield url
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 def serve_command(port: int, workers: int = 1, threads: int = CLIENTS) -> list[str]:
