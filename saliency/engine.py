@@ -91,7 +91,7 @@ def explain(model: nn.Module, inputs: Tensor, methods: str | Sequence[str] = RUL
     return Explanation(maps=maps, targets=run.targets, logits=run.logits.detach(),
                        activations=dict(mode.other_activations), relu_calls=mode.relu_calls,
                        max_pool_calls=mode.max_pool_calls, seconds=seconds, warnings=notes,
-                       layer=_layer_name(model, run.layer.module) if run.layer.module is not None else None)
+                       layer=run.layer_name)
 
 
 def _silent(done: int, total: int) -> None:
@@ -110,10 +110,6 @@ def _layer(model: nn.Module, settings: Mapping[str, Any], chosen: list[Method]) 
     except AttributeError:
         examples = ", ".join(n for n, _ in list(model.named_children())[:6])
         raise OptionError(f"the model has no layer {name!r}; give a dotted module name such as {examples}") from None
-
-
-def _layer_name(model: nn.Module, module: nn.Module) -> str:
-    return next((name for name, m in model.named_modules() if m is module), type(module).__name__)
 
 
 def _as_model_input(model: nn.Module, inputs: Tensor) -> Tensor:

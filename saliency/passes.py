@@ -54,6 +54,14 @@ class ForwardPass:
             self._input_gradients[rule] = grad
         return self._input_gradients[rule]
 
+    @property
+    def layer_name(self) -> str | None:
+        """The dotted name of the module Grad-CAM read, if one was captured."""
+        module = self.layer.module
+        if module is None:
+            return None
+        return next((name for name, m in self.model.named_modules() if m is module), type(module).__name__)
+
     def layer_gradient(self) -> tuple[Tensor, Tensor]:
         """The captured layer's activation ``A`` and its plain gradient ``d score / d A``, in the input's dtype.
 
@@ -70,9 +78,8 @@ class ForwardPass:
         a = self.layer.activation
         grad = torch.autograd.grad(self.score, a, retain_graph=True, allow_unused=True)[0] if a.requires_grad else None
         if grad is None:
-            name = next((n for n, m in self.model.named_modules() if m is self.layer.module), "chosen")
             raise OptionError(
-                f"the class scores do not depend on layer {name!r}'s output (it ran under torch.no_grad(), "
+                f"the class scores do not depend on layer {self.layer_name!r}'s output (it ran under torch.no_grad(), "
                 "or its output was not used), so it has no Grad-CAM; name another layer with the 'layer' option")
         return a.detach().to(self.leaf.dtype), grad.to(self.leaf.dtype)
 
