@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from saliency.errors import CompiledModelError, InputError, NoReluError, OptionError, UnsupportedActivationWarning
-from saliency.intercept import RuleMode
+from saliency.graph import GraphScan
 from saliency.methods import RULE_METHODS, Method, resolve_methods, resolve_options
 from saliency.passes import ForwardPass, Target
 
@@ -72,25 +72,25 @@ def explain(model: nn.Module, inputs: Tensor, methods: str | Sequence[str] = RUL
     chosen = resolve_methods(methods)
     settings = resolve_options(chosen, options)
     x = _as_model_input(model, inputs)
+    _check_layers_visible(model, chosen)
     seconds: dict[str, float] = {}
     with _evaluation_mode(model), torch.inference_mode(False), torch.enable_grad():
         start = time.perf_counter()
-        run = ForwardPass(model, x, target, swap=any(m.needs_relu for m in chosen),
-                          capture=_layer(model, settings, chosen))
+        run = ForwardPass(model, x, target, capture=_layer(model, settings, chosen))
         seconds["forward"] = time.perf_counter() - start
-        _check_compiled(run.mode, chosen)
-        _check_relus(run.mode, chosen)
-        notes = _activation_notes(run.mode, chosen)
+        _check_opaque(run.nodes, chosen)
+        _check_relus(run.nodes, chosen)
+        notes = _activation_notes(run.nodes, chosen)
         maps: dict[str, Tensor] = {}
         for method in chosen:
             report = (lambda done, total, name=method.name: progress(name, done, total)) if progress else _silent
             start = time.perf_counter()
             maps[method.name] = method.attribute(run, settings, report).detach()
             seconds[method.name] = time.perf_counter() - start
-    mode = run.mode
+    nodes = run.nodes
     return Explanation(maps=maps, targets=run.targets, logits=run.logits.detach(),
-                       activations=dict(mode.other_activations), relu_calls=mode.relu_calls,
-                       max_pool_calls=mode.max_pool_calls, seconds=seconds, warnings=notes,
+                       activations=dict(nodes.other_activations), relu_calls=nodes.relu_calls,
+                       max_pool_calls=nodes.max_pool_calls, seconds=seconds, warnings=notes,
                        layer=run.layer_name)
 
 
@@ -129,29 +129,47 @@ def _as_model_input(model: nn.Module, inputs: Tensor) -> Tensor:
     return inputs.to(device=param.device, dtype=dtype)
 
 
-def _check_compiled(mode: RuleMode, chosen: list) -> None:
-    affected = [m.name for m in chosen if m.needs_relu or m.needs_layer]
-    if affected and mode.compiled_calls:
+def _check_opaque(nodes: GraphScan, chosen: list) -> None:
+    """Rules cannot reach ReLUs hidden in one opaque node (AOTAutograd's compiled backward, TorchScript)."""
+    ruled = [m.name for m in chosen if m.needs_relu]
+    if ruled and nodes.opaque:
+        what = " and ".join(sorted(nodes.opaque))
         raise CompiledModelError(
-            f"{' and '.join(affected)} cannot reach into torch.compile'd code, which this model runs; explain the "
-            "uncompiled model (a compiled module keeps it as ._orig_mod), or use 'vanilla', 'smoothgrad' or "
-            "'integrated_gradients'")
+            f"{' and '.join(ruled)} cannot reach into the {what} code this model runs (its ReLUs are hidden in "
+            f"one opaque node); {_OPAQUE_ADVICE.get(what, _OPAQUE_ADVICE['both'])}, "
+            "or use 'vanilla', 'smoothgrad' or 'integrated_gradients'")
 
 
-def _check_relus(mode: RuleMode, chosen: list) -> None:
+def _check_layers_visible(model: nn.Module, chosen: list) -> None:
+    """Grad-CAM reads a module's output; inside torch.compile'd code Dynamo runs the ops, not the modules."""
+    layered = [m.name for m in chosen if m.needs_layer]
+    if layered and any(hasattr(m, "_orig_mod") for m in model.modules()):
+        raise CompiledModelError(
+            f"{' and '.join(layered)} cannot read a layer's output inside torch.compile'd code, which this model "
+            f"runs; {_OPAQUE_ADVICE['torch.compile']}")
+
+
+_OPAQUE_ADVICE = {
+    "torch.compile": "explain the uncompiled model (a compiled module keeps it as ._orig_mod)",
+    "TorchScript": "explain the Python model it was scripted or traced from",
+    "both": "explain the plain Python model",
+}
+
+
+def _check_relus(nodes: GraphScan, chosen: list) -> None:
     needing = [m.name for m in chosen if m.needs_relu]
-    if needing and mode.relu_calls == 0:
-        seen = f" (it ran {', '.join(sorted(mode.other_activations))})" if mode.other_activations else ""
+    if needing and nodes.relu_calls == 0:
+        seen = f" (it ran {', '.join(sorted(nodes.other_activations))})" if nodes.other_activations else ""
         raise NoReluError(
             f"{' and '.join(needing)} need ReLU layers, but the model ran none that could be seen{seen}; "
-            "use 'vanilla', or a model with ReLU activations (TorchScript models are opaque)")
+            "use 'vanilla', or a model with ReLU activations")
 
 
-def _activation_notes(mode: RuleMode, chosen: list) -> tuple[str, ...]:
+def _activation_notes(nodes: GraphScan, chosen: list) -> tuple[str, ...]:
     needing = [m.name for m in chosen if m.needs_relu]
-    if not (needing and mode.other_activations):
+    if not (needing and nodes.other_activations):
         return ()
-    names = ", ".join(f"{name} ×{n}" for name, n in sorted(mode.other_activations.items()))
+    names = ", ".join(f"{name} ×{n}" for name, n in sorted(nodes.other_activations.items()))
     note = (f"the model uses activations with no {'/'.join(needing)} rule ({names}); "
             "gradients pass through them unchanged, as in the plain gradient")
     warnings.warn(note, UnsupportedActivationWarning, stacklevel=3)

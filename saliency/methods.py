@@ -10,8 +10,8 @@ from torch import Tensor
 from saliency import rules
 from saliency.cam import gradcam
 from saliency.errors import OptionError, UnknownMethodError
-from saliency.intercept import ReluRule
 from saliency.passes import ForwardPass
+from saliency.rules import ReluRule
 from saliency.sampling import Progress, integrated_gradients, smoothgrad
 
 Attribute = Callable[[ForwardPass, Mapping[str, Any], Progress], Tensor]

@@ -1,4 +1,4 @@
-"""One forward pass under the rule mode, and the backward passes methods ask of it."""
+"""One forward pass, the ReLUs its graph holds, and the backward passes methods ask of it."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from saliency import rules
+from saliency import graph, rules
 from saliency.errors import ModelOutputError, OptionError, TargetError
-from saliency.intercept import ReluRule, RuleMode, RuleSelector
+from saliency.rules import ReluRule
 
 Target = int | Sequence[int] | Tensor | None
 
@@ -21,17 +21,16 @@ class ForwardPass:
     """The model run once on ``x``; each method's backward pass reuses the graph.
 
     ``capture``: a layer whose output Grad-CAM needs: a module, ``"auto"`` (the last module that
-    returns a 4-D feature map) or ``None`` (capture nothing).
+    returns a 4-D feature map) or ``None`` (capture nothing). ``scan``: whether to read the graph's
+    ReLUs, max-pools and other activations (:attr:`nodes`); plain gradients need none of it.
     """
 
-    def __init__(self, model: nn.Module, x: Tensor, target: Target, *, swap: bool,
+    def __init__(self, model: nn.Module, x: Tensor, target: Target, *, scan: bool = True,
                  capture: nn.Module | str | None = None) -> None:
         self.model = model
-        self.selector = RuleSelector()
-        self.mode = RuleMode(self.selector, swap=swap)
         # A tensor made under torch.inference_mode() cannot join a graph: copy it out (a normal tensor here).
         self.leaf = (x.clone() if x.is_inference() else x).detach().requires_grad_(True)
-        with _capturing(capture) as self.layer, self.mode:
+        with _capturing(capture) as self.layer:
             logits = model(self.leaf.clone())
         self.layer.settle()
         self.logits = _check_logits(logits, len(x))
@@ -40,14 +39,15 @@ class ForwardPass:
         if not self.score.requires_grad:
             raise ModelOutputError(_NOT_DIFFERENTIABLE.format(
                 "carry no gradient: the forward runs under torch.no_grad() or torch.inference_mode()"))
+        self.nodes = graph.scan(self.logits) if scan else graph.GraphScan()
         self._input_gradients: dict[ReluRule, Tensor] = {}
         self.cache: dict[str, Any] = {}  # results methods share, e.g. the Grad-CAM map
 
     def gradient(self, rule: ReluRule) -> Tensor:
         """d score / d input with ``rule`` at every ReLU (computed once per rule)."""
         if rule not in self._input_gradients:
-            self.selector.rule = rule
-            (grad,) = torch.autograd.grad(self.score, self.leaf, retain_graph=True, allow_unused=True)
+            with graph.applying(rule, self.nodes.relus):
+                (grad,) = torch.autograd.grad(self.score, self.leaf, retain_graph=True, allow_unused=True)
             if grad is None:
                 raise ModelOutputError(_NOT_DIFFERENTIABLE.format(
                     "do not depend on the input through autograd: the forward detaches it (.detach(), numpy)"))
@@ -74,7 +74,6 @@ class ForwardPass:
             raise ModelOutputError(
                 "no layer returned a [batch, channels, height, width] feature map to compute Grad-CAM on; "
                 "name one with the 'layer' option")
-        self.selector.rule = rules.vanilla
         a = self.layer.activation
         grad = torch.autograd.grad(self.score, a, retain_graph=True, allow_unused=True)[0] if a.requires_grad else None
         if grad is None:
@@ -89,7 +88,7 @@ _NOT_DIFFERENTIABLE = "the model's class scores {}; explain needs a forward pass
 
 def input_gradients(model: nn.Module, x: Tensor, targets: Tensor) -> Tensor:
     """Plain gradients of the ``targets`` scores for a batch: one forward and one backward pass."""
-    return ForwardPass(model, x, targets, swap=False).gradient(rules.vanilla)
+    return ForwardPass(model, x, targets, scan=False).gradient(rules.vanilla)
 
 
 def resolve_targets(target: Target, logits: Tensor) -> Tensor:

@@ -1,8 +1,9 @@
-"""Backward rules, one small pure function each.
+"""Backward rules, each a small pure function of the gradient.
 
-A ReLU rule maps the gradient ``g`` arriving at a ReLU's output to the gradient it passes to the
-ReLU's input. ``gate`` is the ReLU's switch from the forward pass, ``t ↦ t · [x > 0]`` for a ReLU,
-``t ↦ t · [lo < x < hi]`` for a clipped ReLU (ReLU6, hardtanh).
+A ReLU rule maps the gradient ``g`` arriving at a ReLU's output to the gradient ``R`` it passes to
+the ReLU's input. ``gate`` is the ReLU's switch from the forward pass, ``t ↦ t · [x > 0]`` for a
+ReLU, ``t ↦ t · [lo < x < hi]`` for a clipped ReLU (ReLU6, hardtanh). Every rule here has the form
+``R = gate(pre(g))`` or ``R = pre(g)``: what it does to ``g``, and whether the switch then applies.
 
 The pooling rule is shared by every method: max-pool backward is unpooling with the switches (the
 argmax indices) stored in the forward pass, scatter-*added* so that an input that wins several
@@ -11,6 +12,7 @@ overlapping windows receives every window's gradient.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -30,19 +32,32 @@ def clipped_gate(x: Tensor, lo: float, hi: float) -> Gate:
     return lambda t: torch.where((x > lo) & (x < hi), t, 0.0)
 
 
-def vanilla(g: Tensor, gate: Gate) -> Tensor:
-    """Gradient (Simonyan et al., 2013): ``R = g · [x > 0]``."""
-    return gate(g)
-
-
-def deconvnet(g: Tensor, gate: Gate) -> Tensor:
-    """DeconvNet (Zeiler & Fergus, 2014): ``R = max(g, 0)``; the forward sign is ignored."""
+def positive(g: Tensor) -> Tensor:
+    """``max(g, 0)``."""
     return g.clamp(min=0)
 
 
-def guided(g: Tensor, gate: Gate) -> Tensor:
-    """Guided backpropagation (Springenberg et al., 2014): ``R = max(g, 0) · [x > 0]``."""
-    return gate(g.clamp(min=0))
+@dataclass(frozen=True)
+class ReluRule:
+    """``R = gate(pre(g))`` if ``gated``, else ``R = pre(g)``; ``pre=None`` leaves ``g`` as it is."""
+
+    name: str
+    pre: Callable[[Tensor], Tensor] | None
+    gated: bool
+
+    def __call__(self, g: Tensor, gate: Gate) -> Tensor:
+        r = g if self.pre is None else self.pre(g)
+        return gate(r) if self.gated else r
+
+
+vanilla = ReluRule("vanilla", pre=None, gated=True)
+"""Gradient (Simonyan et al., 2013): ``R = g · [x > 0]``."""
+
+deconvnet = ReluRule("deconvnet", pre=positive, gated=False)
+"""DeconvNet (Zeiler & Fergus, 2014): ``R = max(g, 0)``; the forward sign is ignored."""
+
+guided = ReluRule("guided", pre=positive, gated=True)
+"""Guided backpropagation (Springenberg et al., 2014): ``R = max(g, 0) · [x > 0]``."""
 
 
 def unpool_max(g: Tensor, switches: Tensor, input_shape: torch.Size, dims: int) -> Tensor:

@@ -85,13 +85,22 @@ def test_clamp_to_both_ends_from_zero_is_relu6():
 
 
 @pytest.mark.parametrize("act", [lambda t: t.clamp(min=-1.0), lambda t: t.clamp(min=1e-6),
-                                 lambda t: F.threshold(t, 0.5, 0.0), lambda t: F.threshold(t, 0.0, -1.0),
-                                 lambda t: t.clamp(min=torch.zeros(()))])
+                                 lambda t: F.threshold(t, 0.5, 0.0), lambda t: t.clamp(min=torch.zeros(()))])
 def test_other_clamps_and_thresholds_keep_the_plain_gradient(act):
     model = _Twin(act).eval()
     result = saliency.explain(model, X, ["vanilla", "guided"], TARGET)
     assert result.relu_calls == 1
     assert torch.allclose(result["vanilla"], _plain_gradient(model, X, TARGET))
+
+
+def test_a_threshold_at_zero_gets_the_rule_whatever_value_it_fills_in():
+    """``threshold(x, 0, v)`` passes back ``g · [x > 0]``, the ReLU's switch: the rules apply to it."""
+    model = _Twin(lambda t: F.threshold(t, 0.0, -1.0)).eval()
+    result = saliency.explain(model, X, saliency.RULE_METHODS, TARGET)
+    assert result.relu_calls == 2
+    assert torch.allclose(result["vanilla"], _plain_gradient(model, X, TARGET))
+    assert not torch.equal(result["guided"], result["vanilla"])
+    assert (result["guided"] != 0).any()
 
 
 class _GatedByNoGradBranch(nn.Module):
@@ -136,35 +145,53 @@ def test_gradcam_on_a_layer_the_score_does_not_flow_through_is_a_clear_error(lay
 
 
 @pytest.fixture(scope="module")
-def compiled_net():
-    """``backend="eager"``: Dynamo traces the model as ``torch.compile`` always does, without code generation."""
+def compiled():
+    """``torch.compile(backend=...)``: ``"eager"`` runs Dynamo's captured code op by op; ``"aot_eager"``, like the
+    default backend, hands the forward and backward to AOTAutograd, one opaque node in the graph (no code
+    generation, so no compiler is needed)."""
     torch._dynamo.reset()
-    yield torch.compile(_net(), backend="eager")
+    yield lambda model, backend: torch.compile(model, backend=backend)
     torch._dynamo.reset()
 
 
-def test_compiled_model_gets_the_plain_gradient(compiled_net):
-    result = saliency.explain(compiled_net, X, ["vanilla"], TARGET)
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_compiled_model_gets_the_plain_gradient(compiled, backend):
+    result = saliency.explain(compiled(_net(), backend), X, ["vanilla"], TARGET)
     assert torch.allclose(result["vanilla"], _plain_gradient(_net(), X, TARGET), atol=1e-6)
 
 
-@pytest.mark.filterwarnings(r"ignore:Using `torch.compile\(module\)` when there are global hooks")
-@pytest.mark.parametrize("method", ["guided", "deconvnet", "gradcam", "guided_gradcam"])
-def test_compiled_model_is_refused_where_a_rule_or_layer_would_be_traced_away(compiled_net, method):
-    """Dynamo would bake the plain gradient into the compiled backward: a silent wrong map otherwise."""
+def test_rules_see_the_relus_of_code_dynamo_runs_op_by_op(compiled):
+    expected = saliency.explain(_net(), X, saliency.RULE_METHODS, TARGET)
+    result = saliency.explain(compiled(_net(), "eager"), X, saliency.RULE_METHODS, TARGET)
+    assert result.relu_calls == 2
+    for method in saliency.RULE_METHODS:
+        assert torch.allclose(result[method], expected[method], atol=1e-6), method
+
+
+@pytest.mark.parametrize("method", ["guided", "deconvnet", "guided_gradcam"])
+def test_rules_are_refused_where_aotautograd_hides_the_relus(compiled, method):
+    """The compiled backward is one node: a rule cannot reach its ReLUs, so no silent plain gradient."""
     with pytest.raises(saliency.SaliencyError, match="torch.compile"):
-        saliency.explain(compiled_net, X, [method], TARGET)
+        saliency.explain(compiled(_net(), "aot_eager"), X, [method], TARGET)
 
 
-def test_compiled_submodule_is_refused_too():
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+@pytest.mark.parametrize("method", ["gradcam", "guided_gradcam"])
+def test_gradcam_is_refused_on_compiled_models(compiled, backend, method):
+    """Dynamo runs the layers, not their Python modules: no layer output to read."""
+    with pytest.raises(saliency.SaliencyError, match="torch.compile"):
+        saliency.explain(compiled(_net(), backend), X, [method], TARGET)
+
+
+def test_compiled_submodule_is_refused_too(compiled):
     net = _net()
-    net.conv2 = torch.compile(net.conv2, backend="eager")
+    net.conv2 = compiled(net.conv2, "aot_eager")
 
     class Act(nn.Module):
         def forward(self, t):
             return F.relu(t)
 
-    net.relu = torch.compile(Act(), backend="eager")
+    net.relu = compiled(Act(), "aot_eager")
     with pytest.raises(saliency.SaliencyError, match="torch.compile"):
         saliency.explain(net, X, ["guided"], TARGET)
 
@@ -224,6 +251,34 @@ def test_explain_called_inside_a_forward_pass_that_is_being_explained(inner_meth
         for method in result:
             assert torch.equal(result[method], alone[method]), method
     assert outer.layer == "net.conv2"
+
+
+def _sequential() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 7 * 7, 5)).eval()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace")
+def test_rules_see_the_relus_a_traced_model_runs():
+    expected = saliency.explain(_sequential(), X, saliency.RULE_METHODS, TARGET)
+    traced = torch.jit.trace(_sequential(), X)
+    for _ in range(3):  # the profiling executor optimises from the second run on
+        result = saliency.explain(traced, X, saliency.RULE_METHODS, TARGET)
+        assert (result.relu_calls, result.max_pool_calls) == (1, 1)
+        for method in saliency.RULE_METHODS:
+            assert torch.allclose(result[method], expected[method], atol=1e-6), method
+
+
+def test_rules_are_refused_where_torchscript_fuses_the_relus_into_one_node():
+    """A scripted model's optimised runs hide ReLU and max-pool in one DifferentiableGraph node."""
+    scripted = torch.jit.script(_sequential())
+    first = saliency.explain(scripted, X, saliency.RULE_METHODS, TARGET)  # the profiling run: ops one by one
+    assert torch.allclose(first["guided"], saliency.explain(_sequential(), X, "guided", TARGET)["guided"], atol=1e-6)
+    with pytest.raises(saliency.SaliencyError, match="TorchScript"):
+        for _ in range(3):
+            saliency.explain(scripted, X, ["guided"], TARGET)
+    vanilla = saliency.explain(scripted, X, ["vanilla"], TARGET)["vanilla"]
+    assert torch.allclose(vanilla, _plain_gradient(_sequential(), X, TARGET), atol=1e-6)
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.trace")

@@ -6,8 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import saliency
-from saliency import rules
-from saliency.intercept import RuleMode, RuleSelector
+from saliency import graph, rules
 
 POOLS = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
 CONFIGS = [  # kernel, stride, padding, dilation, ceil_mode
@@ -29,22 +28,20 @@ def _tied_input(shape, seed):
 
 @pytest.mark.parametrize("dims", [1, 2, 3])
 @pytest.mark.parametrize("config", CONFIGS)
-def test_switch_unpooling_equals_autograd(dims, config):
+def test_autograd_max_pool_backward_is_unpooling_with_the_stored_switches(dims, config):
+    """The switches are the argmax indices the forward pass saved in the graph; scatter-adding through them
+    (``rules.unpool_max``) gives exactly autograd's gradient, which is what every method passes back."""
     kernel, stride, padding, dilation, ceil_mode = config
     pool = POOLS[dims](kernel, stride, padding, dilation, ceil_mode=ceil_mode)
     for seed in range(3):
         x = _tied_input(SIZES[dims], seed).requires_grad_()
-        expected_y = pool(x)
-        w = torch.randn(expected_y.shape, dtype=torch.double, generator=torch.Generator().manual_seed(seed))
-        (expected,) = torch.autograd.grad((expected_y * w).sum(), x)
-
-        with RuleMode(RuleSelector()) as mode:
-            y = pool(x)
-        (ours,) = torch.autograd.grad((y * w).sum(), x)
-        assert mode.max_pool_calls == 1
-        assert "MaxPoolWithSwitches" in type(y.grad_fn).__name__
-        assert torch.equal(y, expected_y)
-        assert torch.equal(ours, expected)
+        y = pool(x)
+        g = torch.randn(y.shape, dtype=torch.double, generator=torch.Generator().manual_seed(seed))
+        (expected,) = torch.autograd.grad(y, x, g, retain_graph=True)
+        (node,) = graph.scan(y).max_pools  # a 1-D pool runs as a 2-D one between an unsqueeze and a squeeze
+        switches, pooled = node._saved_result1, node._saved_self
+        unpooled = rules.unpool_max(g.reshape(switches.shape), switches, pooled.shape, dims=pooled.dim() - 2)
+        assert torch.equal(unpooled.reshape(x.shape), expected)
 
 
 def test_unpool_max_rule_matches_autograd_directly():
@@ -67,31 +64,26 @@ def test_assigning_unpool_loses_gradient_on_overlapping_windows():
     assert torch.equal(rules.unpool_max(g, switches, x.shape, dims=2), expected)
 
 
-@pytest.mark.parametrize("spelling", ["module", "module_indices", "functional", "functional_indices", "torch"])
-def test_every_max_pool_spelling_is_intercepted(spelling):
-    pools = {
-        "module": nn.MaxPool2d(3, 2, 1),
-        "module_indices": lambda t: nn.MaxPool2d(3, 2, 1, return_indices=True)(t)[0],
-        "functional": lambda t: F.max_pool2d(t, 3, 2, 1),
-        "functional_indices": lambda t: F.max_pool2d(t, 3, 2, 1, return_indices=True)[0],
-        "torch": lambda t: torch.max_pool2d(t, [3, 3], [2, 2], [1, 1]),
-    }
+MAX_POOL_SPELLINGS = {
+    "module": nn.MaxPool2d(3, 2, 1),
+    "module_indices": lambda t: nn.MaxPool2d(3, 2, 1, return_indices=True)(t)[0],
+    "functional": lambda t: F.max_pool2d(t, 3, 2, 1),
+    "functional_indices": lambda t: F.max_pool2d(t, 3, 2, 1, return_indices=True)[0],
+    "torch": lambda t: torch.max_pool2d(t, [3, 3], [2, 2], [1, 1]),
+    "adaptive": lambda t: F.adaptive_max_pool2d(t, 3),
+}
+
+
+@pytest.mark.parametrize("spelling", MAX_POOL_SPELLINGS)
+def test_every_max_pool_spelling_is_seen(spelling):
     x = _tied_input((1, 2, 8, 8), 2).requires_grad_()
-    with RuleMode(RuleSelector()) as mode:
-        y = pools[spelling](x)
-    assert mode.max_pool_calls == 1
-    (ours,) = torch.autograd.grad(y.sum(), x)
-    (expected,) = torch.autograd.grad(F.max_pool2d(x, 3, 2, 1).sum(), x)
-    assert torch.equal(ours, expected)
+    assert graph.scan(MAX_POOL_SPELLINGS[spelling](x)).max_pool_calls == 1
 
 
-def test_return_indices_gives_the_stock_indices():
-    x = torch.randn(1, 2, 8, 8, requires_grad=True)
-    with RuleMode(RuleSelector()):
-        y, idx = nn.MaxPool2d(2, return_indices=True)(x)
-    y_ref, idx_ref = nn.MaxPool2d(2, return_indices=True)(x)
-    assert torch.equal(idx, idx_ref) and torch.equal(y, y_ref)
-    assert not idx.requires_grad
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_max_pools_are_counted_in_every_dimension(dims):
+    x = _tied_input(SIZES[dims], 0).requires_grad_()
+    assert graph.scan(POOLS[dims](2)(x)).max_pool_calls == 1
 
 
 class _AvgNet(nn.Module):

@@ -1,10 +1,11 @@
 """Each backward rule against its equation, on inputs where the three methods differ."""
 
+import pytest
 import torch
 from torch import nn
 
 import saliency
-from saliency import rules
+from saliency import graph, rules
 
 X = torch.tensor([-2.0, -0.5, 0.5, 2.0, 3.0])
 G = torch.tensor([1.0, -1.0, 1.0, -1.0, 0.5])
@@ -83,3 +84,32 @@ def test_relu6_rules_use_the_clipped_region():
         result = saliency.explain(_TwoLayer(act), x, methods=saliency.RULE_METHODS, target=1)
         for name, rule in (("vanilla", rules.vanilla), ("deconvnet", rules.deconvnet), ("guided", rules.guided)):
             assert torch.allclose(result[name][0], _by_hand(rule, gate, 1)), (act, name)
+
+
+RULES = {"vanilla": rules.vanilla, "deconvnet": rules.deconvnet, "guided": rules.guided}
+
+
+def _through_relu(rule, x, g):
+    leaf = x.clone().requires_grad_()
+    y = torch.relu(leaf * 1.0)
+    with graph.applying(rule, graph.scan(y).relus):
+        (r,) = torch.autograd.grad(y, leaf, g)
+    return r
+
+
+@pytest.mark.parametrize("name", RULES)
+def test_a_rule_applied_at_a_relu_node_gives_its_equation(name):
+    assert torch.equal(_through_relu(RULES[name], X, G), RULES[name](G, rules.relu_gate(X)))
+
+
+def test_the_graph_is_left_as_autograd_made_it_when_the_block_ends_or_raises():
+    leaf = X.clone().requires_grad_()
+    y = torch.relu(leaf * 1.0)
+    relus = graph.scan(y).relus
+    with pytest.raises(RuntimeError, match="mid-backward"):
+        with graph.applying(rules.guided, relus):
+            raise RuntimeError("mid-backward")
+    with graph.applying(rules.deconvnet, relus):
+        torch.autograd.grad(y, leaf, G, retain_graph=True)
+    (plain,) = torch.autograd.grad(y, leaf, G)
+    assert torch.equal(plain, rules.vanilla(G, rules.relu_gate(X)))

@@ -1,0 +1,165 @@
+"""The autograd graph of one forward pass: where its ReLUs are, and a rule applied at them.
+
+The model runs its own code on torch's own kernels: nothing is intercepted during the forward pass
+and nothing is attached to the model. Autograd records every ReLU as a node, whatever the spelling
+(``nn.ReLU`` called once or several times, in place or not, ``F.relu``, ``torch.relu_``,
+``x.relu()``, ``clamp(min=0)``, ``threshold(x, 0, …)``, ``nn.ReLU6`` / ``hardtanh``), and so every
+max-pool and every other activation. :func:`scan` walks the graph once from the class scores and
+finds them. A backward pass with a rule hooks *this call's* ReLU nodes and unhooks them afterwards
+(:func:`applying`): graphs belong to one call, so concurrent calls never see each other's rules.
+
+A node's own backward is the forward switch, the gate ``t ↦ t · [x in the open region]``. A rule
+``R(g) = gate(pre(g))`` (or ``pre(g)`` if ungated) becomes a pre-hook computing ``pre(g)``, which
+the node then gates, plus, where the rule ignores the gate, a post-hook that passes ``pre(g)`` on.
+
+Max-pool nodes keep autograd's own backward: it routes each gradient to the argmax indices stored
+in the forward pass and adds (:func:`saliency.rules.unpool_max`), which is DeconvNet's unpooling.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from torch import Tensor
+from torch.utils.hooks import RemovableHandle
+
+from saliency.rules import ReluRule
+
+Node = Any  # torch.autograd.graph.Node: C++ nodes have one Python type per backward function
+
+
+def _is_zero(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == 0
+
+
+def _clamp_from_zero(node: Node) -> bool:
+    """``clamp(x, 0)`` is a ReLU and ``clamp(x, 0, hi)`` a clipped one; any other clamp is not."""
+    hi = getattr(node, "_saved_max", None)
+    return _is_zero(node._saved_min) and (hi is None or isinstance(hi, (int, float)) and hi > 0)
+
+
+def _threshold_at_zero(node: Node) -> bool:
+    """``threshold(x, 0, v)``: its derivative is the ReLU's switch ``[x > 0]``."""
+    return _is_zero(node._saved_threshold)
+
+
+def _always(node: Node) -> bool:
+    return True
+
+
+# Backward functions (without their numeric suffix) whose node is a ReLU, when the check agrees.
+_RELUS: dict[str, Callable[[Node], bool]] = {
+    "ReluBackward": _always,
+    "HardtanhBackward": _always,  # ReLU6 and hardtanh: a ReLU clipped to (min_val, max_val)
+    "ThresholdBackward": _threshold_at_zero,
+    "ClampMinBackward": _clamp_from_zero,
+    "ClampBackward": _clamp_from_zero,
+}
+_MAX_POOLS = ("MaxPool2DWithIndicesBackward", "MaxPool3DWithIndicesBackward",
+              "AdaptiveMaxPool2DBackward", "AdaptiveMaxPool3DBackward")
+# Activations with no DeconvNet / guided rule: named in the result, passed through as autograd does.
+_OTHER_ACTIVATIONS = {
+    "GeluBackward": "gelu", "SiluBackward": "silu", "MishBackward": "mish", "EluBackward": "elu",
+    "CeluBackward": "celu", "LeakyReluBackward": "leaky_relu", "RreluWithNoiseBackward": "rrelu",
+    "PreluKernelBackward": "prelu", "SoftplusBackward": "softplus", "HardswishBackward": "hardswish",
+    "HardsigmoidBackward": "hardsigmoid", "LogSigmoidBackward": "logsigmoid", "GluBackward": "glu",
+    "SigmoidBackward": "sigmoid", "TanhBackward": "tanh",
+}
+# Nodes autograd cannot see inside: code torch.compile (AOTAutograd) or TorchScript fused into one node.
+_OPAQUE = {"CompiledFunctionBackward": "torch.compile", "DifferentiableGraphBackward": "TorchScript"}
+
+
+@dataclass
+class GraphScan:
+    """What one forward pass ran, read off its autograd graph."""
+
+    relus: list[Node] = field(default_factory=list)
+    max_pools: list[Node] = field(default_factory=list)
+    other_activations: Counter[str] = field(default_factory=Counter)
+    opaque: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def relu_calls(self) -> int:
+        return len(self.relus)
+
+    @property
+    def max_pool_calls(self) -> int:
+        return len(self.max_pools)
+
+
+_kinds: dict[type, tuple[str, str]] = {}  # node type -> (category, detail), learnt once per type
+
+
+def _kind(node: Node) -> tuple[str, str]:
+    kind = _kinds.get(type(node))
+    if kind is None:
+        name = type(node).__name__
+        if name == "CppFunction":  # a C++ function without a Python type of its own (TorchScript's graphs)
+            return _classify(node.name().rsplit("::", 1)[-1])
+        kind = _kinds[type(node)] = _classify(name)
+    return kind
+
+
+def _classify(name: str) -> tuple[str, str]:
+    base = name.rstrip("0123456789")
+    if base in _RELUS:
+        return "relu", base
+    if base in _MAX_POOLS:
+        return "max_pool", base
+    if base in _OTHER_ACTIVATIONS:
+        return "other", _OTHER_ACTIVATIONS[base]
+    if base in _OPAQUE:
+        return "opaque", _OPAQUE[base]
+    return "", ""
+
+
+def scan(output: Tensor) -> GraphScan:
+    """Walk the graph behind ``output`` once: its ReLU nodes, max-pools, other activations, opaque parts."""
+    found = GraphScan()
+    root = output.grad_fn
+    if root is None:
+        return found
+    seen, stack = {root}, [root]
+    while stack:
+        node = stack.pop()
+        category, detail = _kind(node)
+        if category == "relu":
+            if _RELUS[detail](node):
+                found.relus.append(node)
+        elif category == "max_pool":
+            found.max_pools.append(node)
+        elif category == "other":
+            found.other_activations[detail] += 1
+        elif category == "opaque":
+            found.opaque[detail] += 1
+        for parent, _ in node.next_functions:
+            if parent is not None and parent not in seen:
+                seen.add(parent)
+                stack.append(parent)
+    return found
+
+
+@contextmanager
+def applying(rule: ReluRule, relus: list[Node]) -> Iterator[None]:
+    """While active, a backward pass through ``relus`` applies ``rule`` at each of them."""
+    handles: list[RemovableHandle] = []
+    try:
+        if rule.pre is not None:
+            pre = rule.pre
+            prehook = lambda g: (None if g[0] is None else pre(g[0]),)  # noqa: E731
+            handles += [node.register_prehook(prehook) for node in relus]
+        if not rule.gated:
+            handles += [node.register_hook(_ungated) for node in relus]
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _ungated(grad_inputs: tuple, grad_outputs: tuple) -> tuple:
+    """Pass on what arrived (after the pre-hook), not what the node's forward switch let through."""
+    return grad_outputs
