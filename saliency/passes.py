@@ -30,6 +30,8 @@ class ForwardPass:
         self.model = model
         # A tensor made under torch.inference_mode() cannot join a graph: copy it out (a normal tensor here).
         self.leaf = (x.clone() if x.is_inference() else x).detach().requires_grad_(True)
+        if isinstance(target, Tensor):  # checked on the CPU: copied now, before the device has work queued
+            target = target.detach().cpu()
         with _capturing(capture) as self.layer:
             logits = model(self.leaf.clone())
         self.layer.settle()
@@ -96,7 +98,7 @@ def resolve_targets(target: Target, logits: Tensor) -> Tensor:
     batch, classes = logits.shape
     if target is None:
         return logits.detach().argmax(dim=1)
-    t = torch.as_tensor(target, device=logits.device)
+    t = torch.as_tensor(target)
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise TargetError(f"target must be class indices (integers), got {t.dtype}")
     if t.dim() == 0:
@@ -107,7 +109,7 @@ def resolve_targets(target: Target, logits: Tensor) -> Tensor:
     if len(bad):
         raise TargetError(
             f"target class {bad[0].item()} is out of range: the model has {classes} classes (0..{classes - 1})")
-    return t.long()
+    return t.long().to(logits.device)
 
 
 def _check_logits(logits: object, batch: int) -> Tensor:

@@ -28,12 +28,13 @@ def smoothgrad(run: ForwardPass, samples: int, noise: float, seed: int, batch_si
     generator = torch.Generator(device=x.device).manual_seed(seed)
     per_batch = max(1, batch_size // len(x))
     total = torch.zeros_like(x)
+    targets = run.targets.cpu()
     done = 0
     while done < samples:
         n = min(per_batch, samples - done)
         eps = torch.randn((n, *x.shape), generator=generator, device=x.device, dtype=x.dtype) * sigma
         noisy = (x.unsqueeze(0) + eps).flatten(0, 1)
-        total += input_gradients(run.model, noisy, run.targets.repeat(n)).view(n, *x.shape).sum(0)
+        total += input_gradients(run.model, noisy, targets.repeat(n)).view(n, *x.shape).sum(0)
         done += n
         progress(done, samples)
     return total / samples
