@@ -30,13 +30,12 @@ class ForwardPass:
         self.model = model
         # A tensor made under torch.inference_mode() cannot join a graph: copy it out (a normal tensor here).
         self.leaf = (x.clone() if x.is_inference() else x).detach().requires_grad_(True)
-        if isinstance(target, Tensor):  # checked on the CPU: copied now, before the device has work queued
-            target = target.detach().cpu()
+        requested = requested_targets(target, len(x), self.leaf.device)  # before the device has work queued
         with _capturing(capture) as self.layer:
             logits = model(self.leaf.clone())
         self.layer.settle()
         self.logits = _check_logits(logits, len(x))
-        self.targets = resolve_targets(target, self.logits)
+        self.targets = checked_targets(requested, self.logits)
         self.score = self.logits.gather(1, self.targets[:, None]).sum()
         if not self.score.requires_grad:
             raise ModelOutputError(_NOT_DIFFERENTIABLE.format(
@@ -93,23 +92,38 @@ def input_gradients(model: nn.Module, x: Tensor, targets: Tensor) -> Tensor:
     return ForwardPass(model, x, targets, scan=False).gradient(rules.vanilla)
 
 
-def resolve_targets(target: Target, logits: Tensor) -> Tensor:
-    """Class indices ``[B]``: each row's top-1, one index for all, or one per row; checked against the model."""
-    batch, classes = logits.shape
+def requested_targets(target: Target, batch: int, device: torch.device) -> tuple[Tensor, Tensor] | None:
+    """The class indices asked for, one per sample, on the CPU (for checks) and on ``device`` (to index with).
+
+    ``None`` (each sample's top-1) stays ``None``. Called before the forward pass, so that copying
+    between host and device never waits for the model on an accelerator.
+    """
     if target is None:
-        return logits.detach().argmax(dim=1)
-    t = torch.as_tensor(target)
+        return None
+    given = torch.as_tensor(target)
+    t = given.detach().cpu()
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise TargetError(f"target must be class indices (integers), got {t.dtype}")
     if t.dim() == 0:
         t = t.expand(batch)
     if t.shape != (batch,):
         raise TargetError(f"target must be one class index or {batch} of them, got shape {tuple(t.shape)}")
-    bad = t[(t < 0) | (t >= classes)]
+    t = t.long()
+    usable = given.device == device and given.dtype == torch.long and given.shape == (batch,)
+    return t, (given.detach() if usable else t.to(device))
+
+
+def checked_targets(requested: tuple[Tensor, Tensor] | None, logits: Tensor) -> Tensor:
+    """Class indices ``[B]`` for ``logits``: each row's top-1, or the requested ones once checked against the model."""
+    if requested is None:
+        return logits.detach().argmax(dim=1)
+    on_cpu, on_device = requested
+    classes = logits.shape[1]
+    bad = on_cpu[(on_cpu < 0) | (on_cpu >= classes)]
     if len(bad):
         raise TargetError(
             f"target class {bad[0].item()} is out of range: the model has {classes} classes (0..{classes - 1})")
-    return t.long().to(logits.device)
+    return on_device.to(logits.device)
 
 
 def _check_logits(logits: object, batch: int) -> Tensor:
