@@ -9,8 +9,8 @@ finds them. A backward pass with a rule hooks *this call's* ReLU nodes and unhoo
 (:func:`applying`): graphs belong to one call, so concurrent calls never see each other's rules.
 
 A node's own backward is the forward switch, the gate ``t ↦ t · [x in the open region]``. A rule
-``R(g) = gate(pre(g))`` (or ``pre(g)`` if ungated) becomes a pre-hook computing ``pre(g)``, which
-the node then gates, plus, where the rule ignores the gate, a post-hook that passes ``pre(g)`` on.
+``R = gate(pre(g))`` becomes a pre-hook computing ``pre(g)``, which the node then gates; a rule
+``R = pre(g)`` that ignores the gate becomes a post-hook that replaces the node's result with ``pre(g)``.
 
 Max-pool nodes keep autograd's own backward: it routes each gradient to the argmax indices stored
 in the forward pass and adds (:func:`saliency.rules.unpool_max`), which is DeconvNet's unpooling.
@@ -82,6 +82,17 @@ class GraphScan:
     other_activations: Counter[str] = field(default_factory=Counter)
     opaque: Counter[str] = field(default_factory=Counter)
 
+    def add(self, node: Node, category: str, detail: str) -> None:
+        if category == "relu":
+            if _RELUS[detail](node):
+                self.relus.append(node)
+        elif category == "max_pool":
+            self.max_pools.append(node)
+        elif category == "other":
+            self.other_activations[detail] += 1
+        elif category == "opaque":
+            self.opaque[detail] += 1
+
     @property
     def relu_calls(self) -> int:
         return len(self.relus)
@@ -126,16 +137,9 @@ def scan(output: Tensor) -> GraphScan:
     seen, stack = {root}, [root]
     while stack:
         node = stack.pop()
-        category, detail = _kind(node)
-        if category == "relu":
-            if _RELUS[detail](node):
-                found.relus.append(node)
-        elif category == "max_pool":
-            found.max_pools.append(node)
-        elif category == "other":
-            found.other_activations[detail] += 1
-        elif category == "opaque":
-            found.opaque[detail] += 1
+        category, detail = _kinds.get(type(node)) or _kind(node)
+        if category:
+            found.add(node, category, detail)
         for parent, _ in node.next_functions:
             if parent is not None and parent not in seen:
                 seen.add(parent)
@@ -145,21 +149,21 @@ def scan(output: Tensor) -> GraphScan:
 
 @contextmanager
 def applying(rule: ReluRule, relus: list[Node]) -> Iterator[None]:
-    """While active, a backward pass through ``relus`` applies ``rule`` at each of them."""
+    """While active, a backward pass through ``relus`` applies ``rule`` at each of them (one hook per node)."""
     handles: list[RemovableHandle] = []
     try:
         if rule.pre is not None:
-            pre = rule.pre
-            prehook = lambda g: (None if g[0] is None else pre(g[0]),)  # noqa: E731
-            handles += [node.register_prehook(prehook) for node in relus]
-        if not rule.gated:
-            handles += [node.register_hook(_ungated) for node in relus]
+            pre = _skipping_none(rule.pre)
+            if rule.gated:  # R = gate(pre(g)): the node gates what the pre-hook hands it
+                handles = [node.register_prehook(lambda g: (pre(g[0]),)) for node in relus]
+            else:  # R = pre(g): the node's gated result is replaced
+                handles = [node.register_hook(lambda _gated, g: (pre(g[0]),)) for node in relus]
         yield
     finally:
         for handle in handles:
             handle.remove()
 
 
-def _ungated(grad_inputs: tuple, grad_outputs: tuple) -> tuple:
-    """Pass on what arrived (after the pre-hook), not what the node's forward switch let through."""
-    return grad_outputs
+def _skipping_none(pre: Callable[[Tensor], Tensor]) -> Callable[[Tensor | None], Tensor | None]:
+    """A node whose output got no gradient (a custom Function returned None for it) is handed None."""
+    return lambda g: None if g is None else pre(g)

@@ -119,10 +119,9 @@ def checked_targets(requested: tuple[Tensor, Tensor] | None, logits: Tensor) -> 
         return logits.detach().argmax(dim=1)
     on_cpu, on_device = requested
     classes = logits.shape[1]
-    bad = on_cpu[(on_cpu < 0) | (on_cpu >= classes)]
-    if len(bad):
-        raise TargetError(
-            f"target class {bad[0].item()} is out of range: the model has {classes} classes (0..{classes - 1})")
+    bad = next((c for c in on_cpu.tolist() if not 0 <= c < classes), None)
+    if bad is not None:
+        raise TargetError(f"target class {bad} is out of range: the model has {classes} classes (0..{classes - 1})")
     return on_device.to(logits.device)
 
 

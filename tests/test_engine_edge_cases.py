@@ -103,6 +103,26 @@ def test_a_threshold_at_zero_gets_the_rule_whatever_value_it_fills_in():
     assert (result["guided"] != 0).any()
 
 
+class _FirstInputOnly(torch.autograd.Function):
+    """``a + b`` whose backward sends nothing to ``b``: the ReLU before ``b`` gets no gradient at all."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        return a + b
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, None
+
+
+def test_a_relu_that_receives_no_gradient_is_passed_over():
+    model = _Twin(lambda t: _FirstInputOnly.apply(F.relu(t), F.relu(-t))).eval()
+    result = saliency.explain(model, X, saliency.RULE_METHODS, TARGET)
+    assert result.relu_calls == 3
+    assert torch.allclose(result["vanilla"], _plain_gradient(model, X, TARGET))
+    assert not torch.equal(result["guided"], result["vanilla"])
+
+
 class _GatedByNoGradBranch(nn.Module):
     """A feature extractor, then a gate computed under ``torch.no_grad()`` from a later conv."""
 
