@@ -28,7 +28,7 @@ class NoReluError(SaliencyError, ValueError):
 
 
 class CompiledModelError(NoReluError):
-    """A rule or Grad-CAM layer asked for where the model runs ``torch.compile``d code, which they cannot reach."""
+    """A rule or Grad-CAM layer asked for where compiled code (``torch.compile``, TorchScript) hides what it needs."""
 
 
 class ImageError(SaliencyError, ValueError):
