@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from saliency.errors import CompiledModelError, InputError, NoReluError, OptionError, UnsupportedActivationWarning
-from saliency.graph import GraphScan
+from saliency.errors import (CompiledModelError, InputError, ModelOutputError, NoReluError, OptionError,
+                             UnsupportedActivationWarning)
+from saliency.graph import REENTRANT_CHECKPOINT, GraphScan
 from saliency.methods import RULE_METHODS, Method, resolve_methods, resolve_options
 from saliency.passes import ForwardPass, Target
 
@@ -131,6 +132,10 @@ def _as_model_input(model: nn.Module, inputs: Tensor) -> Tensor:
 
 def _check_opaque(nodes: GraphScan, chosen: list) -> None:
     """Rules cannot reach ReLUs hidden in one opaque node (AOTAutograd's compiled backward, TorchScript)."""
+    if REENTRANT_CHECKPOINT in nodes.opaque:
+        raise ModelOutputError(
+            "the model runs torch.utils.checkpoint(..., use_reentrant=True), through which torch computes no "
+            "gradient with respect to the input; use use_reentrant=False (the same memory saving)")
     ruled = [m.name for m in chosen if m.needs_relu]
     if ruled and nodes.opaque:
         what = " and ".join(sorted(nodes.opaque))

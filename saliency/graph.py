@@ -30,6 +30,7 @@ from torch.utils.hooks import RemovableHandle
 from saliency.rules import ReluRule
 
 Node = Any  # torch.autograd.graph.Node: C++ nodes have one Python type per backward function
+REENTRANT_CHECKPOINT = "reentrant checkpoint"
 
 
 def _is_zero(v: Any) -> bool:
@@ -69,8 +70,10 @@ _OTHER_ACTIVATIONS = {
     "HardsigmoidBackward": "hardsigmoid", "LogSigmoidBackward": "logsigmoid", "GluBackward": "glu",
     "SigmoidBackward": "sigmoid", "TanhBackward": "tanh",
 }
-# Nodes autograd cannot see inside: code torch.compile (AOTAutograd) or TorchScript fused into one node.
-_OPAQUE = {"CompiledFunctionBackward": "torch.compile", "DifferentiableGraphBackward": "TorchScript"}
+# Nodes autograd cannot see inside: code torch.compile (AOTAutograd) or TorchScript fused into one node, and
+# reentrant checkpoints, which rebuild their part of the graph during the backward pass.
+_OPAQUE = {"CompiledFunctionBackward": "torch.compile", "DifferentiableGraphBackward": "TorchScript",
+           "CheckpointFunctionBackward": REENTRANT_CHECKPOINT}
 
 
 @dataclass

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 import saliency
 
@@ -121,6 +122,37 @@ def test_a_relu_that_receives_no_gradient_is_passed_over():
     assert result.relu_calls == 3
     assert torch.allclose(result["vanilla"], _plain_gradient(model, X, TARGET))
     assert not torch.equal(result["guided"], result["vanilla"])
+
+
+class _Checkpointed(nn.Module):
+    """conv → ReLU → max-pool under ``torch.utils.checkpoint`` (``reentrant=None``: no checkpoint), then linear."""
+
+    def __init__(self, reentrant: bool | None):
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2))
+        self.fc = nn.Linear(4 * 7 * 7, 5)
+        self.reentrant = reentrant
+
+    def forward(self, x):
+        if self.reentrant is None:
+            return self.fc(self.features(x).flatten(1))
+        return self.fc(checkpoint(self.features, x, use_reentrant=self.reentrant).flatten(1))
+
+
+def test_rules_reach_into_non_reentrant_checkpoints():
+    """The saved tensors are recomputed in the backward pass, but the nodes (and so the hooks) are the originals."""
+    expected = saliency.explain(_Checkpointed(None).eval(), X, saliency.RULE_METHODS, TARGET)
+    result = saliency.explain(_Checkpointed(False).eval(), X, saliency.RULE_METHODS, TARGET)
+    assert (result.relu_calls, result.max_pool_calls) == (1, 1)
+    for method in saliency.RULE_METHODS:
+        assert torch.equal(result[method], expected[method]), method
+
+
+@pytest.mark.parametrize("methods", [["vanilla"], ["guided"], ["smoothgrad"]])
+def test_a_reentrant_checkpoint_is_one_clear_error(methods):
+    with pytest.raises(saliency.SaliencyError, match="use_reentrant=False"):
+        saliency.explain(_Checkpointed(True).eval(), X, methods, TARGET)
 
 
 class _GatedByNoGradBranch(nn.Module):
