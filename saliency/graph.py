@@ -40,7 +40,7 @@ def _is_zero(v: Any) -> bool:
 def _clamp_from_zero(node: Node) -> bool:
     """``clamp(x, 0)`` is a ReLU and ``clamp(x, 0, hi)`` a clipped one; any other clamp is not."""
     hi = getattr(node, "_saved_max", None)
-    return _is_zero(node._saved_min) and (hi is None or isinstance(hi, (int, float)) and hi > 0)
+    return _is_zero(getattr(node, "_saved_min", None)) and (hi is None or isinstance(hi, (int, float)) and hi > 0)
 
 
 def _threshold_at_zero(node: Node) -> bool:
