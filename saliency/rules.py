@@ -4,6 +4,9 @@ A ReLU rule maps the gradient ``g`` arriving at a ReLU's output to the gradient 
 the ReLU's input. ``gate`` is the ReLU's switch from the forward pass, ``t ↦ t · [x > 0]`` for a
 ReLU, ``t ↦ t · [lo < x < hi]`` for a clipped ReLU (ReLU6, hardtanh). Every rule here has the form
 ``R = gate(pre(g))`` or ``R = pre(g)``: what it does to ``g``, and whether the switch then applies.
+Called with a gate, a rule computes its equation (the gates below state the switch, for checking);
+in a backward pass :func:`saliency.graph.applying` uses ``pre`` and ``gated``, and the gate is the
+ReLU node's own backward.
 
 The pooling rule is shared by every method: max-pool backward is unpooling with the switches (the
 argmax indices) stored in the forward pass, scatter-*added* so that an input that wins several
@@ -23,7 +26,7 @@ Gate = Callable[[Tensor], Tensor]
 
 
 def relu_gate(x: Tensor) -> Gate:
-    """The ReLU's switch: ``t ↦ t · [x > 0]`` (one fused kernel, autograd's own ReLU backward)."""
+    """The ReLU's switch: ``t ↦ t · [x > 0]``, computed as autograd's own ReLU backward computes it."""
     return lambda t: torch.ops.aten.threshold_backward(t, x, 0)
 
 
