@@ -64,16 +64,17 @@ def parse_explain_request(request: Request, settings: Settings, model_name: str)
                                 "leave out 'model' or start a server with SALIENCY_MODEL set")
     images, names = _images(request, settings)
     target = _one(values, "target")  # an index or a label: the model's class_index decides
-    topk = _int(_one(values, "topk"), "topk", 1, settings.max_topk)
+    topk = _number(_one(values, "topk"), "topk", 1, settings.max_topk, int)
     if target is not None and topk is not None:
         raise RequestError("give either 'target' (the class to explain) or 'topk' (the k most likely classes), not both")
     fmt = _choice(_one(values, "format"), "format", FORMATS, "json")
+    alpha = _number(_one(values, "alpha"), "alpha", 0.0, 1.0)
     methods = _methods(values.getlist("method"), settings)
     parsed = ExplainRequest(
         images=images, names=names, methods=methods, options=_options(values, methods, settings),
         target=target, topk=topk or 1, style=_choice(_one(values, "style"), "style", STYLES, DEFAULT_STYLE),
         format=fmt, raw=_choice(_one(values, "raw"), "raw", RAW_FORMATS, "none"),
-        alpha=_float(_one(values, "alpha"), "alpha", 0.0, 1.0, DEFAULT_ALPHA))
+        alpha=DEFAULT_ALPHA if alpha is None else alpha)
     _check_work(parsed, settings)
     if fmt == "png" and (len(parsed.images) > 1 or len(parsed.methods) > 1 or parsed.topk > 1):
         raise RequestError(
@@ -164,25 +165,15 @@ def _check_work(req: ExplainRequest, settings: Settings) -> None:
                            "classes or samples, or split it")
 
 
-def _int(raw: str | None, name: str, low: int, high: int) -> int | None:
+def _number(raw: str | None, name: str, low: float, high: float, kind: type[int] | type[float] = float) -> Any:
+    """``raw`` read as ``kind`` (int or float) and checked to lie in ``[low, high]``; ``None`` if not given."""
     if raw is None:
         return None
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError:
-        raise RequestError(f"{name} must be a whole number from {low} to {high}, got {raw!r}") from None
-    if not low <= value <= high:
-        raise RequestError(f"{name} must be from {low} to {high}, got {value}")
-    return value
-
-
-def _float(raw: str | None, name: str, low: float, high: float, default: float) -> float:
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise RequestError(f"{name} must be a number from {low:g} to {high:g}, got {raw!r}") from None
+        what = "a whole number" if kind is int else "a number"
+        raise RequestError(f"{name} must be {what} from {low:g} to {high:g}, got {raw!r}") from None
     if not low <= value <= high:
         raise RequestError(f"{name} must be from {low:g} to {high:g}, got {value:g}")
     return value

@@ -98,12 +98,10 @@ def run_explain(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from saliency.images import open_image
-    from saliency.methods import resolve_methods
     from saliency.render import render_batch, save_png
 
     paths = expand_images(args.images)
-    methods = [m.name for m in resolve_methods(split_names(args.method))]
-    options = _method_options(methods, args.option)
+    methods, options = _chosen_methods(args.method, args.option)
     style = _render_kwargs(args)
     loaded = _load_model(args)
     fixed_targets = [loaded.class_index(_class_arg(t)) for t in args.target or []]
@@ -226,12 +224,11 @@ def run_compare(args: argparse.Namespace) -> int:
     from saliency.compare import SIMILARITY, Panel, comparison_figure, figure_png, format_table, similarities
     from saliency.engine import explain
     from saliency.images import open_image
-    from saliency.methods import REGISTRY, resolve_methods
+    from saliency.methods import REGISTRY
     from saliency.render import render_batch, write_atomic
 
     path = Path(args.image)
-    methods = [m.name for m in resolve_methods(split_names(args.methods))]
-    options = _method_options(methods, args.option)
+    methods, options = _chosen_methods(args.methods, args.option)
     style = _render_kwargs(args)
     image = open_image(path)
     loaded = _load_model(args)
@@ -533,18 +530,19 @@ def _add_method_options(p: argparse.ArgumentParser, flag: str) -> None:
                         "layer=features.8 (gradcam); repeat for several")
 
 
-def _method_options(methods: list[str], pairs: list[str]) -> dict[str, str]:
-    """``KEY=VALUE`` strings as a dict, checked against the chosen methods' parameters."""
+def _chosen_methods(names: str, pairs: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The method names a command was given, and its ``KEY=VALUE`` options checked against them."""
     from saliency.methods import resolve_methods, resolve_options
 
+    chosen = resolve_methods(split_names(names))
     options = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise OptionError(f"--option takes KEY=VALUE, got {pair!r}; e.g. --option samples=50")
         options[key.strip()] = value.strip()
-    resolve_options(resolve_methods(methods), options)  # unknown keys and bad values fail here
-    return options
+    resolve_options(chosen, options)  # unknown keys and bad values fail here
+    return [m.name for m in chosen], options
 
 
 def split_names(names: str) -> list[str]:
