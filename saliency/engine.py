@@ -77,7 +77,8 @@ def explain(model: nn.Module, inputs: Tensor, methods: str | Sequence[str] = RUL
     seconds: dict[str, float] = {}
     with _evaluation_mode(model), torch.inference_mode(False), torch.enable_grad():
         start = time.perf_counter()
-        run = ForwardPass(model, x, target, capture=_layer(model, settings, chosen))
+        run = ForwardPass(model, x, target, capture=_layer(model, settings, chosen),
+                          backward_passes=len(frozenset().union(*(m.shared_passes for m in chosen))))
         seconds["forward"] = time.perf_counter() - start
         _check_opaque(run.nodes, chosen)
         _check_relus(run.nodes, chosen)

@@ -21,9 +21,10 @@ Attribute = Callable[[ForwardPass, Mapping[str, Any], Progress], Tensor]
 class Method:
     """A saliency method: how it attributes, the ReLU rule it needs in the shared pass, how to cite it.
 
-    ``relu_rule``: the rule ReLUs apply in the backward pass this method reads from the shared
-    forward pass (``None``: it runs passes of its own). ``options``: its tunable parameters and
-    their defaults. ``delegates``: what of it Captum computes, if anything.
+    ``relu_rule``: the rule ReLUs apply in the input-gradient pass this method reads from the
+    shared forward pass (``None``: it reads none). ``needs_layer``: it reads the gradient at a
+    layer's output from that pass. ``options``: its tunable parameters and their defaults.
+    ``delegates``: what of it Captum computes, if anything.
     """
 
     name: str
@@ -40,6 +41,11 @@ class Method:
     def needs_relu(self) -> bool:
         """Whether the method is undefined without ReLUs (its rule differs from the plain gradient)."""
         return self.relu_rule is not None and self.relu_rule is not rules.vanilla
+
+    @property
+    def shared_passes(self) -> frozenset[ReluRule | str]:
+        """The backward passes through the shared forward pass it reads: its ReLU rule's, and ``"layer"``'s."""
+        return frozenset(([self.relu_rule] if self.relu_rule is not None else []) + (["layer"] if self.needs_layer else []))
 
 
 def _rule_method(rule: ReluRule) -> Attribute:
@@ -98,7 +104,6 @@ REGISTRY: dict[str, Method] = {
                     "bilinearly to the input (one map for all channels).",
             citation="Selvaraju et al. (2017), Grad-CAM: Visual Explanations from Deep Networks, ICCV",
             attribute=_gradcam,
-            relu_rule=rules.vanilla,
             needs_layer=True,
             options=_LAYER,
         ),

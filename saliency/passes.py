@@ -23,10 +23,13 @@ class ForwardPass:
     ``capture``: a layer whose output Grad-CAM needs: a module, ``"auto"`` (the last module that
     returns a 4-D feature map) or ``None`` (capture nothing). ``scan``: whether to read the graph's
     ReLUs, max-pools and other activations (:attr:`nodes`); plain gradients need none of it.
+    ``backward_passes``: how many backward passes will be asked of the graph (``None``: not known);
+    the last one frees the forward pass's saved tensors as it goes, as a plain backward pass does,
+    instead of holding them (and a second set of buffers for the gradients) to the end.
     """
 
     def __init__(self, model: nn.Module, x: Tensor, target: Target, *, scan: bool = True,
-                 capture: nn.Module | str | None = None) -> None:
+                 capture: nn.Module | str | None = None, backward_passes: int | None = None) -> None:
         self.model = model
         # A tensor made under torch.inference_mode() cannot join a graph: copy it out (a normal tensor here).
         self.leaf = (x.clone() if x.is_inference() else x).detach().requires_grad_(True)
@@ -41,6 +44,7 @@ class ForwardPass:
             raise ModelOutputError(_NOT_DIFFERENTIABLE.format(
                 "carry no gradient: the forward runs under torch.no_grad() or torch.inference_mode()"))
         self.nodes = graph.scan(self.logits) if scan else graph.GraphScan()
+        self._passes_left = backward_passes
         self._input_gradients: dict[ReluRule, Tensor] = {}
         self.cache: dict[str, Any] = {}  # results methods share, e.g. the Grad-CAM map
 
@@ -48,7 +52,7 @@ class ForwardPass:
         """d score / d input with ``rule`` at every ReLU (computed once per rule)."""
         if rule not in self._input_gradients:
             with graph.applying(rule, self.nodes.relus):
-                (grad,) = torch.autograd.grad(self.score, self.leaf, retain_graph=True, allow_unused=True)
+                grad = self._backward(self.leaf)
             if grad is None:
                 raise ModelOutputError(_NOT_DIFFERENTIABLE.format(
                     "do not depend on the input through autograd: the forward detaches it (.detach(), numpy)"))
@@ -76,12 +80,23 @@ class ForwardPass:
                 "no layer returned a [batch, channels, height, width] feature map to compute Grad-CAM on; "
                 "name one with the 'layer' option")
         a = self.layer.activation
-        grad = torch.autograd.grad(self.score, a, retain_graph=True, allow_unused=True)[0] if a.requires_grad else None
+        if "layer_gradient" not in self.cache:
+            self.cache["layer_gradient"] = self._backward(a) if a.requires_grad else None
+        grad = self.cache["layer_gradient"]
         if grad is None:
             raise OptionError(
                 f"the class scores do not depend on layer {self.layer_name!r}'s output (it ran under torch.no_grad(), "
                 "or its output was not used), so it has no Grad-CAM; name another layer with the 'layer' option")
         return a.detach().to(self.leaf.dtype), grad.to(self.leaf.dtype)
+
+    def _backward(self, wrt: Tensor) -> Tensor | None:
+        """d score / d ``wrt``, keeping the graph for the passes still to come."""
+        if self._passes_left is not None:
+            if self._passes_left < 1:
+                raise RuntimeError("more backward passes asked of this forward pass than were planned")
+            self._passes_left -= 1
+        retain = self._passes_left is None or self._passes_left > 0
+        return torch.autograd.grad(self.score, wrt, retain_graph=retain, allow_unused=True)[0]
 
 
 _NOT_DIFFERENTIABLE = "the model's class scores {}; explain needs a forward pass that is differentiable in the input"
@@ -89,7 +104,7 @@ _NOT_DIFFERENTIABLE = "the model's class scores {}; explain needs a forward pass
 
 def input_gradients(model: nn.Module, x: Tensor, targets: Tensor) -> Tensor:
     """Plain gradients of the ``targets`` scores for a batch: one forward and one backward pass."""
-    return ForwardPass(model, x, targets, scan=False).gradient(rules.vanilla)
+    return ForwardPass(model, x, targets, scan=False, backward_passes=1).gradient(rules.vanilla)
 
 
 def requested_targets(target: Target, batch: int, device: torch.device) -> tuple[Tensor, Tensor] | None:

@@ -1,11 +1,15 @@
 """The library contract: targets, batches, one forward pass, dtypes, clear errors."""
 
+import dataclasses
+import itertools
+
 import pytest
 import torch
 from torch import nn
 
 import saliency
 from saliency.errors import InputError, ModelOutputError, TargetError, UnknownMethodError
+from saliency.passes import ForwardPass
 from nets import SmallNet
 
 X = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(5))
@@ -86,6 +90,42 @@ def test_several_methods_share_one_forward_pass(net):
         handle.remove()
     assert len(calls) == 1
     assert tuple(result) == SHARED_PASS
+
+
+@pytest.fixture(scope="module")
+def alone(net):
+    return {m: saliency.explain(net, X, m, target=2)[m] for m in SHARED_PASS}
+
+
+@pytest.mark.parametrize("methods", list(itertools.permutations(SHARED_PASS, 2)) + [SHARED_PASS[::-1]])
+def test_methods_sharing_a_pass_in_any_order_equal_each_alone(net, alone, methods):
+    """The graph is freed by the last backward pass: every mix and order of the methods that read it still works."""
+    result = saliency.explain(net, X, methods, target=2)
+    for m in methods:
+        assert torch.equal(result[m], alone[m]), m
+
+
+@pytest.mark.parametrize(("methods", "passes", "last_pass_by"), [
+    (("guided",), 1, "guided"), (("vanilla", "guided"), 2, "guided"),
+    (("gradcam", "guided_gradcam"), 2, "guided_gradcam"), (SHARED_PASS, 4, "gradcam")])
+def test_last_planned_backward_pass_frees_the_saved_tensors(net, methods, passes, last_pass_by):
+    """Like a plain backward pass, the last one does not hold the forward pass's buffers to the end."""
+    chosen = saliency.methods.resolve_methods(methods)
+    assert len(frozenset().union(*(m.shared_passes for m in chosen))) == passes
+    run = ForwardPass(net, X, 2, capture="auto" if any(m.needs_layer for m in chosen) else None,
+                      backward_passes=passes)
+    last_relu = run.nodes.relus[0]  # after the layer Grad-CAM reads: every pass crosses it
+    freed = False
+    for method in chosen:
+        method.attribute(run, {"layer": "auto"}, lambda done, total: None)
+        freed = freed or method.name == last_pass_by
+        if freed:
+            with pytest.raises(RuntimeError, match="freed"):
+                last_relu._saved_result
+        else:
+            assert last_relu._saved_result.shape == (4, 8, 8, 8)  # still held while a pass is to come
+    with pytest.raises(RuntimeError, match="planned"):
+        run.gradient(dataclasses.replace(saliency.rules.guided, name="one more"))
 
 
 def test_float64_model_and_input(net):
