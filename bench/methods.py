@@ -3,13 +3,15 @@
     python bench/methods.py [--models vgg16 resnet50] [--batches 1 8] [--repeats 7] [--device cpu|cuda]
 
 Every variant runs in the same process on the same random-init model and inputs; repetitions are
-interleaved (round-robin over variants) so that drift in machine load hits all of them alike, and
+interleaved (every variant once per round, in a freshly shuffled order) so that drift in machine
+load, and what the variant before leaves behind (memory to free or reuse), hit all of them alike;
 each figure is a median. Ratios, not seconds, are what to compare across machines.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import time
 import warnings
@@ -57,8 +59,11 @@ def measure(table: dict[str, Callable[[], object]], repeats: int, device: torch.
     for run in table.values():  # warm-up
         run()
     times: dict[str, list[float]] = {name: [] for name in table}
+    order, shuffle = list(table), random.Random(0).shuffle
     for _ in range(repeats):
-        for name, run in table.items():
+        shuffle(order)
+        for name in order:
+            run = table[name]
             _sync(device)
             start = time.perf_counter()
             run()
