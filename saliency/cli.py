@@ -9,6 +9,7 @@ import re
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -305,7 +306,7 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
                  "saliency serve --dev --model resnet50",
                  "saliency serve --model my_pkg.nets:build --weights net.pt --labels labels.txt --input-size 128")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    p.add_argument("--port", type=_port, default=8000, help="port (default: 8000)")
+    p.add_argument("--port", type=number_between(int, 1, 65535), default=8000, help="port (default: 8000)")
     p.add_argument("--workers", type=positive_int, metavar="N", help="worker processes (default: from settings)")
     p.add_argument("--threads", type=positive_int, metavar="N", help="threads per worker (default: from settings)")
     p.add_argument("--dev", action="store_true", help="Flask's development server instead of gunicorn")
@@ -436,7 +437,7 @@ def _add_render_options(p: argparse.ArgumentParser, default_style: str) -> None:
     p.add_argument("--style", choices=STYLES, default=default_style,
                    help=f"heatmap: |attribution| colour-mapped; overlay: heatmap over the image; "
                         f"rgb: signed attribution as colours (default: {default_style})")
-    p.add_argument("--alpha", type=_fraction, default=DEFAULT_ALPHA,
+    p.add_argument("--alpha", type=number_between(float, 0.0, 1.0), default=DEFAULT_ALPHA,
                    help=f"heatmap opacity for --style overlay, 0..1 (default: {DEFAULT_ALPHA:g})")
     p.add_argument("--cmap", default=DEFAULT_CMAP, help=f"matplotlib colormap (default: {DEFAULT_CMAP})")
     p.add_argument("--percentile", type=_percentile, default=DEFAULT_PERCENTILE,
@@ -572,26 +573,25 @@ def _fail(message: str) -> int:
     return 1
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
-    return value
+def number_between(kind: type[int] | type[float], low: float, high: float | None = None) -> Callable[[str], Any]:
+    """An argparse type: a ``kind`` number (int: a whole number) from ``low`` to ``high`` (None: no upper bound)."""
+    what, show = ("a whole number", str) if kind is int else ("a number", "{:g}".format)
+    bounds = f"of at least {show(low)}" if high is None else f"between {show(low)} and {show(high)}"
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} {bounds}, got {text[:40]!r}") from None
+        if not (low <= value and (high is None or value <= high)):  # NaN is refused too
+            raise argparse.ArgumentTypeError(f"expected {what} {bounds}, got {text[:40]}")
+        return value
+
+    return parse
 
 
-def seed_int(text: str) -> int:
-    """argparse type: a random seed numpy and torch both accept, 0 to 2**32 - 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text[:40]!r}") from None
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"expected a seed from 0 to {2**32 - 1}, got {text[:40]}")
-    return value
+positive_int = number_between(int, 1)
+seed_int = number_between(int, 0, 2**32 - 1)  # a random seed numpy and torch both accept
 
 
 def _channel_values(text: str) -> tuple[float, ...]:
@@ -621,23 +621,6 @@ def _device(text: str):
         return torch.device(text)
     except (RuntimeError, ValueError):
         raise argparse.ArgumentTypeError(f"not a torch device: {text!r} (try cpu, cuda, cuda:1 or mps)") from None
-
-
-def _port(text: str) -> int:
-    value = positive_int(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"a port is at most 65535, got {value}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value:g}")
-    return value
 
 
 def _percentile(text: str) -> float:

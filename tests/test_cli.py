@@ -322,11 +322,19 @@ def test_one_bad_image_among_many_still_explains_the_rest(capsys, tmp_path):
     assert "fake.png" in err and "1 of 2 images" in err and "Traceback" not in err
 
 
-def test_a_bad_option_value_is_an_argparse_error(capsys):
+@pytest.mark.parametrize(("argv", "message"), [
+    (["explain", str(STAR), "--alpha", "2"], "--alpha: expected a number between 0 and 1, got 2"),
+    (["explain", str(STAR), "--alpha", "nan"], "--alpha: expected a number between 0 and 1, got nan"),
+    (["explain", str(STAR), "--batch-size", "0"], "--batch-size: expected a whole number of at least 1, got 0"),
+    (["explain", str(STAR), "--topk", "two"], "--topk: expected a whole number of at least 1, got 'two'"),
+    (["serve", "--port", "70000"], "--port: expected a whole number between 1 and 65535, got 70000"),
+    (["train-demo", "--seed", "-1"], "--seed: expected a whole number between 0 and 4294967295, got -1"),
+])
+def test_a_bad_option_value_is_an_argparse_error(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_:
-        main(["explain", str(STAR), "--alpha", "2"])
+        main(argv)
     assert exit_.value.code == 2
-    assert "between 0 and 1" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", [["eval", "--n-images", "1"], ["train-demo", "--steps", "1"]])
