@@ -37,6 +37,9 @@ class ForwardPass:
         with _capturing(capture) as self.layer:
             logits = model(self.leaf.clone())
         self.layer.settle()
+        if self.layer.changed_in_place:  # run again, taking a copy of the layer "auto" chose
+            with _capturing(self.layer.module) as self.layer:
+                logits = model(self.leaf.clone())
         self.logits = _check_logits(logits, len(x))
         self.targets = checked_targets(requested, self.logits)
         self.score = self.logits.gather(1, self.targets[:, None]).sum()
@@ -153,28 +156,44 @@ class CapturedLayer:
     ``"auto"`` keeps the last module with parameters (a conv layer or block, not a pooling or
     dropout layer) to return a 4-D feature map larger than 1×1 that gradients flow through (not one
     run under ``torch.no_grad()``); failing that, one of 1×1.
+
+    A named layer's output is handed on to the rest of the model as a copy, so ops that later work
+    in place (``ReLU(inplace=True)``, ``out += identity``) change the copy: the captured tensor stays
+    the layer's own output, and its gradient is the gradient with respect to that output. ``"auto"``
+    copies nothing (it would copy every candidate); :attr:`changed_in_place` says when a later op
+    changed the layer it chose, and the forward pass is then run again with that layer named.
     """
 
     def __init__(self, wanted: nn.Module | str | None) -> None:
         self.wanted = wanted
         self.module: nn.Module | None = None
         self.activation: Tensor | None = None
+        self._version = 0
         self._fallback: tuple[nn.Module, Tensor] | None = None
 
-    def offer(self, module: nn.Module, output: Any) -> None:
+    def offer(self, module: nn.Module, output: Any) -> Any:
+        """Look at ``module``'s ``output``; return what the rest of the model runs on."""
         if self.wanted is module:
             self.module, self.activation = module, output
-        elif (self.wanted == "auto" and isinstance(output, Tensor) and output.dim() == 4 and output.requires_grad
-              and next(module.parameters(), None) is not None):
+            return output.clone() if isinstance(output, Tensor) else output
+        if (self.wanted == "auto" and isinstance(output, Tensor) and output.dim() == 4 and output.requires_grad
+                and next(module.parameters(), None) is not None):
             if output.shape[2] * output.shape[3] > 1:
-                self.module, self.activation = module, output
+                self.module, self.activation, self._version = module, output, output._version
             elif self.module is None:
                 self._fallback = (module, output)
+        return output
 
     def settle(self) -> None:
         """After the forward pass: fall back to a 1×1 map if no larger one came."""
         if self.module is None and self._fallback is not None:
-            self.module, self.activation = self._fallback
+            (self.module, self.activation), self._fallback = self._fallback, None
+            self._version = -1  # unknown: take it again by name
+
+    @property
+    def changed_in_place(self) -> bool:
+        """Whether an op after the layer ``"auto"`` chose changed its output in place (Grad-CAM would misread it)."""
+        return self.wanted == "auto" and self.activation is not None and self.activation._version != self._version
 
 
 # A process-wide forward hook, present only while some thread captures, acting only for that thread:
@@ -185,10 +204,9 @@ _hook_users = 0
 _hook_handle: Any = None
 
 
-def _on_module_forward(module: nn.Module, args: Any, output: Any) -> None:
+def _on_module_forward(module: nn.Module, args: Any, output: Any) -> Any:
     layer = getattr(_capture, "layer", None)
-    if layer is not None:
-        layer.offer(module, output)
+    return output if layer is None else layer.offer(module, output)
 
 
 @contextmanager

@@ -70,7 +70,7 @@ def parameter_layers(model: nn.Module, example: Tensor) -> list[tuple[str, nn.Mo
     hooks = [m.register_forward_pre_hook(lambda mod, _args: order.setdefault(mod)) for m in owners]
     try:
         with frozen(model):
-            model(example[:1])
+            model(example[:1].clone())  # a model may work in place on its input
     finally:
         for hook in hooks:
             hook.remove()
