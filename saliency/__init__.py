@@ -6,10 +6,10 @@
 True
 """
 
-from saliency.engine import Explanation, explain
+from saliency.engine import Explanation, explain, explain_classes
 from saliency.errors import SaliencyError, UnsupportedActivationWarning
 from saliency.methods import METHODS, REGISTRY, RULE_METHODS
 
 __version__ = "0.1.0"
 __all__ = ["METHODS", "REGISTRY", "RULE_METHODS", "Explanation", "SaliencyError", "UnsupportedActivationWarning",
-           "explain", "__version__"]
+           "explain", "explain_classes", "__version__"]

@@ -98,8 +98,8 @@ def run_explain(args: argparse.Namespace) -> int:
     """``saliency explain``: returns 1 if any image could not be explained."""
     from tqdm import tqdm
 
-    from saliency.images import open_image
-    from saliency.render import render_batch, save_png
+    from saliency.pipeline import Classes, explain_prepared, prepare_each, render
+    from saliency.render import save_png
 
     paths = expand_images(args.images)
     methods, options = _chosen_methods(args.method, args.option)
@@ -112,40 +112,36 @@ def run_explain(args: argparse.Namespace) -> int:
                           f"{loaded.name!r}; use at most {len(loaded.labels)}")
     out_dir = Path(args.out)
     names = _OutputNames()
-    failures, written, notes, predictions = 0, 0, {}, {}
+    classes = Classes(fixed=tuple(fixed_targets), topk=topk)
+    failures, written, notes = 0, 0, {}
     progress = tqdm(total=len(paths), unit="image", file=sys.stderr, leave=False,
                     disable=True if len(paths) < 2 else None)  # None: shown on a terminal only
     for chunk in _chunks(paths, args.batch_size):
-        prepared, kept = [], []
-        for path in chunk:
-            try:
-                prepared.append(loaded.prepare(open_image(path)))
-                kept.append(path)
-            except ImageError as exc:
+        kept, prepared = [], []
+        for path, item in zip(chunk, prepare_each(loaded, chunk)):
+            if isinstance(item, ImageError):
                 if len(paths) == 1:
-                    raise
+                    raise item
                 failures += 1
-                progress.write(f"{PROG}: error: {exc}", file=sys.stderr)
+                progress.write(f"{PROG}: error: {item}", file=sys.stderr)
                 progress.update(1)
+            elif isinstance(item, SaliencyError):
+                raise item
+            else:
+                kept.append(path)
+                prepared.append(item)
+        explained, report = explain_prepared(loaded, prepared, methods, classes, options, progress=_SamplingBars())
+        notes.update(dict.fromkeys(report.warnings))
         files: dict[Path, list[Path]] = {path: [] for path in kept}
-        for group in _groups_by_shape(prepared):
-            batch = [prepared[i] for i in group]
-            results = _explain_batch(loaded.module, batch, methods, options, fixed_targets, topk)
-            notes.update(dict.fromkeys(results[0].warnings))
-            for result in results:
-                for method in methods:
-                    for row, picture in enumerate(render_batch(result[method], prepared=batch, **style)):
-                        path = kept[group[row]]
-                        label = loaded.labels[int(result.targets[row])]
-                        target = out_dir / names.take(f"{path.stem}-{method}-{_slug(label)}.png")
-                        with _writing(target):
-                            save_png(picture, target, {"method": method, "target": label, "model": loaded.name})
-                        files[path].append(target)
-                        written += 1
-            for row, i in enumerate(group):
-                predictions[kept[i]] = _predictions(results[0].probabilities[row], loaded.labels)
-        for path in kept:
-            progress.write(f"{path}: {predictions.pop(path)}")
+        for drawn in render(explained, methods, **style):
+            path, label = kept[drawn.image], loaded.labels[drawn.target]
+            target = out_dir / names.take(f"{path.stem}-{drawn.method}-{_slug(label)}.png")
+            with _writing(target):
+                save_png(drawn.picture, target, {"method": drawn.method, "target": label, "model": loaded.name})
+            files[path].append(target)
+            written += 1
+        for path, e in zip(kept, explained):
+            progress.write(f"{path}: {_predictions(e.probabilities, loaded.labels)}")
             for target in files[path]:
                 progress.write(f"  -> {target}")
             progress.update(1)
@@ -157,32 +153,6 @@ def run_explain(args: argparse.Namespace) -> int:
     if failures:
         return _fail(f"{failures} of {len(paths)} images could not be read (see above)")
     return 0
-
-
-def _groups_by_shape(prepared: Sequence) -> list[list[int]]:
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, p in enumerate(prepared):
-        groups.setdefault(tuple(p.tensor.shape[1:]), []).append(i)
-    return list(groups.values())
-
-
-def _explain_batch(module, batch: Sequence, methods: list[str], options: dict[str, str], fixed_targets: list[int],
-                   topk: int) -> list:
-    """One explanation per target: each fixed target, else the top-1 ... top-``topk`` classes."""
-    import torch
-
-    from saliency.engine import explain
-
-    x = torch.cat([p.tensor for p in batch])
-    bars = _SamplingBars()
-    first = explain(module, x, methods, target=fixed_targets[0] if fixed_targets else None, options=options,
-                    progress=bars)
-    if fixed_targets:
-        return [first] + [explain(module, x, methods, target=t, options=options, progress=bars)
-                          for t in fixed_targets[1:]]
-    ranked = first.logits.topk(topk, dim=1).indices
-    return [first] + [explain(module, x, methods, target=ranked[:, k], options=options, progress=bars)
-                      for k in range(1, topk)]
 
 
 class _SamplingBars:

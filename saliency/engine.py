@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from saliency.errors import (CompiledModelError, InputError, ModelOutputError, NoReluError, OptionError,
-                             UnsupportedActivationWarning)
+                             TargetError, UnsupportedActivationWarning)
 from saliency.graph import REENTRANT_CHECKPOINT, GraphScan
 from saliency.methods import RULE_METHODS, Method, resolve_methods, resolve_options
 from saliency.passes import ForwardPass, Target
@@ -70,30 +70,59 @@ def explain(model: nn.Module, inputs: Tensor, methods: str | Sequence[str] = RUL
     The model runs in eval mode for the call and is left exactly as it was; the methods share one
     forward pass; only gradients with respect to the inputs are computed. Thread-safe.
     """
+    return explain_classes(model, inputs, methods, [target], options=options, progress=progress)[0]
+
+
+def explain_classes(model: nn.Module, inputs: Tensor, methods: str | Sequence[str] = RULE_METHODS,
+                    targets: Sequence[Target] = (None,), *, topk: int | None = None,
+                    options: Mapping[str, Any] | None = None,
+                    progress: Callable[[str, int, int], None] | None = None) -> list[Explanation]:
+    """:func:`explain` for several classes per sample at the cost of **one** forward pass.
+
+    One :class:`Explanation` per entry of ``targets`` (each as ``target`` of :func:`explain`), or,
+    with ``topk=K``, one per rank: each sample's most probable class, its second, … its K-th. Each
+    further class costs only the methods' input-only backward passes. ``seconds["forward"]`` is
+    counted in the first explanation only.
+    """
     chosen = resolve_methods(methods)
     settings = resolve_options(chosen, options)
     x = _as_model_input(model, inputs)
     _check_layers_visible(model, chosen)
-    seconds: dict[str, float] = {}
+    if topk is not None and topk < 1:
+        raise TargetError(f"topk must be at least 1, got {topk}")
+    if topk is None and not targets:
+        raise TargetError("no target given: pass at least one (None: each sample's top-1 class)")
+    count = topk if topk is not None else len(targets)
     with _evaluation_mode(model), torch.inference_mode(False), torch.enable_grad():
         start = time.perf_counter()
-        run = ForwardPass(model, x, target, capture=_layer(model, settings, chosen),
-                          backward_passes=len(frozenset().union(*(m.shared_passes for m in chosen))))
-        seconds["forward"] = time.perf_counter() - start
-        _check_opaque(run.nodes, chosen)
-        _check_relus(run.nodes, chosen)
-        notes = _activation_notes(run.nodes, chosen)
-        maps: dict[str, Tensor] = {}
-        for method in chosen:
-            report = (lambda done, total, name=method.name: progress(name, done, total)) if progress else _silent
-            start = time.perf_counter()
-            maps[method.name] = method.attribute(run, settings, report).detach()
-            seconds[method.name] = time.perf_counter() - start
-    nodes = run.nodes
-    return Explanation(maps=maps, targets=run.targets, logits=run.logits.detach(),
-                       activations=dict(nodes.other_activations), relu_calls=nodes.relu_calls,
-                       max_pool_calls=nodes.max_pool_calls, seconds=seconds, warnings=notes,
-                       layer=run.layer_name)
+        shared = frozenset().union(*(m.shared_passes for m in chosen))
+        first = ForwardPass(model, x, None if topk is not None else targets[0],
+                            capture=_layer(model, settings, chosen), backward_passes=len(shared) * count)
+        forward_seconds = time.perf_counter() - start
+        classes = first.logits.shape[1]
+        if topk is not None and topk > classes:
+            raise TargetError(f"topk {topk} is more than the model's {classes} classes; use at most {classes}")
+        _check_opaque(first.nodes, chosen)
+        _check_relus(first.nodes, chosen)
+        notes = _activation_notes(first.nodes, chosen)
+        others = ([first.for_rank(k) for k in range(1, topk)] if topk is not None
+                  else [first.for_target(t) for t in list(targets)[1:]])
+        results = []
+        for run in [first, *others]:
+            seconds = {"forward": forward_seconds if run is first else 0.0}
+            maps: dict[str, Tensor] = {}
+            for method in chosen:
+                report = (lambda done, total, name=method.name: progress(name, done, total)) if progress else _silent
+                start = time.perf_counter()
+                maps[method.name] = method.attribute(run, settings, report).detach()
+                seconds[method.name] = time.perf_counter() - start
+            results.append((run, maps, seconds))
+    nodes = first.nodes
+    return [Explanation(maps=maps, targets=run.targets, logits=first.logits.detach(),
+                        activations=dict(nodes.other_activations), relu_calls=nodes.relu_calls,
+                        max_pool_calls=nodes.max_pool_calls, seconds=seconds, warnings=notes,
+                        layer=first.layer_name)
+            for run, maps, seconds in results]
 
 
 def _silent(done: int, total: int) -> None:

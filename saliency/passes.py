@@ -23,9 +23,10 @@ class ForwardPass:
     ``capture``: a layer whose output Grad-CAM needs: a module, ``"auto"`` (the last module that
     returns a 4-D feature map) or ``None`` (capture nothing). ``scan``: whether to read the graph's
     ReLUs, max-pools and other activations (:attr:`nodes`); plain gradients need none of it.
-    ``backward_passes``: how many backward passes will be asked of the graph (``None``: not known);
-    the last one frees the forward pass's saved tensors as it goes, as a plain backward pass does,
-    instead of holding them (and a second set of buffers for the gradients) to the end.
+    ``backward_passes``: how many backward passes will be asked of the graph (``None``: not known),
+    counting those of :meth:`for_target` / :meth:`for_rank`; the last one frees the forward pass's
+    saved tensors as it goes, as a plain backward pass does, instead of holding them (and a second
+    set of buffers for the gradients) to the end.
     """
 
     def __init__(self, model: nn.Module, x: Tensor, target: Target, *, scan: bool = True,
@@ -41,13 +42,32 @@ class ForwardPass:
             with _capturing(self.layer.module) as self.layer:
                 logits = model(self.leaf.clone())
         self.logits = _check_logits(logits, len(x))
-        self.targets = checked_targets(requested, self.logits)
-        self.score = self.logits.gather(1, self.targets[:, None]).sum()
+        self._explaining(checked_targets(requested, self.logits))
         if not self.score.requires_grad:
             raise ModelOutputError(_NOT_DIFFERENTIABLE.format(
                 "carry no gradient: the forward runs under torch.no_grad() or torch.inference_mode()"))
         self.nodes = graph.scan(self.logits) if scan else graph.GraphScan()
-        self._passes_left = backward_passes
+        self._passes_left = [backward_passes]  # one budget, shared with the passes retargeted from this one
+
+    def for_target(self, target: Target) -> ForwardPass:
+        """This forward pass explaining other classes (``target`` as in the constructor), with its own backward passes."""
+        return self._retargeted(checked_targets(requested_targets(target, len(self.leaf), self.leaf.device),
+                                                self.logits))
+
+    def for_rank(self, rank: int) -> ForwardPass:
+        """This forward pass explaining each sample's ``rank``-th most probable class (0: the top-1)."""
+        return self._retargeted(self.logits.detach().topk(rank + 1, dim=1).indices[:, rank])
+
+    def _retargeted(self, targets: Tensor) -> ForwardPass:
+        other = object.__new__(ForwardPass)
+        other.__dict__.update(self.__dict__)  # the model, input, graph, captured layer and pass budget
+        other._explaining(targets)
+        return other
+
+    def _explaining(self, targets: Tensor) -> None:
+        """Explain ``targets``: the score backward passes start from, and no gradients computed yet."""
+        self.targets = targets
+        self.score = self.logits.gather(1, targets[:, None]).sum()
         self._input_gradients: dict[ReluRule, Tensor] = {}
         self.cache: dict[str, Any] = {}  # results methods share, e.g. the Grad-CAM map
 
@@ -94,11 +114,12 @@ class ForwardPass:
 
     def _backward(self, wrt: Tensor) -> Tensor | None:
         """d score / d ``wrt``, keeping the graph for the passes still to come."""
-        if self._passes_left is not None:
-            if self._passes_left < 1:
+        budget = self._passes_left
+        if budget[0] is not None:
+            if budget[0] < 1:
                 raise RuntimeError("more backward passes asked of this forward pass than were planned")
-            self._passes_left -= 1
-        retain = self._passes_left is None or self._passes_left > 0
+            budget[0] -= 1
+        retain = budget[0] is None or budget[0] > 0
         return torch.autograd.grad(self.score, wrt, retain_graph=retain, allow_unused=True)[0]
 
 

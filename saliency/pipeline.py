@@ -1,0 +1,167 @@
+"""The one path from pictures to explained maps: decode → prepare → explain → render → encode.
+
+The CLI, the HTTP service and the batch job all call these functions, so a change here reaches
+all three. Each stage is a function of its own; :func:`explain_prepared` groups the pictures by
+input shape and explains every class asked for from one forward pass per group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from saliency.engine import explain_classes
+from saliency.errors import SaliencyError
+from saliency.images import MAX_PIXELS, ImageSource, open_image
+from saliency.models import LoadedModel
+from saliency.preprocess import Prepared
+from saliency.render import render_batch, to_png
+
+Stage = Callable[[str], AbstractContextManager]
+"""``stage(name)``: a context manager around each stage's work (e.g. a timer); by default nothing."""
+
+
+def _no_stage(name: str) -> AbstractContextManager:
+    return nullcontext()
+
+
+@dataclass(frozen=True)
+class Classes:
+    """The classes explained for every picture: the ``fixed`` indices, else each picture's ``topk`` most probable."""
+
+    fixed: tuple[int, ...] = ()
+    topk: int = 1
+
+    def per_image(self, num_classes: int) -> int:
+        """How many classes each picture gets explained for (top-k stops at the model's class count)."""
+        return len(self.fixed) if self.fixed else min(self.topk, num_classes)
+
+
+@dataclass
+class Explained:
+    """One picture explained: its prepared input, class probabilities, and each explained class's raw maps.
+
+    ``maps[k][method]``: the signed attribution for class ``targets[k]``, ``[C, H, W]`` at the
+    model input's size, float32 on the CPU.
+    """
+
+    prepared: Prepared
+    probabilities: Tensor
+    targets: list[int]
+    maps: list[dict[str, Tensor]]
+
+
+@dataclass
+class Report:
+    """What the model calls said beside the maps: warnings, non-ReLU activations, seconds per pass."""
+
+    warnings: list[str] = field(default_factory=list)
+    activations: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    layer: str | None = None
+
+    def add(self, other: "Report") -> None:
+        self.warnings += [w for w in other.warnings if w not in self.warnings]
+        self.activations.update(other.activations)
+        for name, value in other.seconds.items():
+            self.seconds[name] = self.seconds.get(name, 0.0) + value
+        self.layer = self.layer or other.layer
+
+
+@dataclass(frozen=True)
+class Picture:
+    """One drawn map: which picture (index into the explained list), which class rank and method."""
+
+    image: int
+    rank: int
+    method: str
+    target: int
+    picture: Image.Image
+
+    def png(self, text: Mapping[str, str] | None = None) -> bytes:
+        """The picture encoded as PNG (fast compression), with optional text chunks."""
+        return to_png(self.picture, dict(text) if text else None)
+
+
+def prepare(model: LoadedModel, source: ImageSource, *, max_pixels: int = MAX_PIXELS) -> Prepared:
+    """Decode ``source`` (a path, bytes or a binary file) and turn it into ``model``'s input."""
+    return model.prepare(open_image(source, max_pixels=max_pixels))
+
+
+def prepare_each(model: LoadedModel, sources: Sequence[ImageSource], *,
+                 max_pixels: int = MAX_PIXELS) -> list[Prepared | SaliencyError]:
+    """:func:`prepare` for each source; a source that cannot be used gives its error in its place."""
+    out: list[Prepared | SaliencyError] = []
+    for source in sources:
+        try:
+            out.append(prepare(model, source, max_pixels=max_pixels))
+        except SaliencyError as exc:
+            out.append(exc)
+    return out
+
+
+def groups_by_shape(prepared: Sequence[Prepared]) -> list[list[int]]:
+    """Indices of ``prepared`` grouped by input shape (each group can be one batch), in order of first appearance."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, p in enumerate(prepared):
+        groups.setdefault(tuple(p.tensor.shape[1:]), []).append(i)
+    return list(groups.values())
+
+
+def explain_prepared(model: LoadedModel, prepared: Sequence[Prepared], methods: Sequence[str],
+                     classes: Classes = Classes(), options: Mapping[str, Any] | None = None, *,
+                     progress: Callable[[str, int, int], None] | None = None,
+                     stage: Stage = _no_stage) -> tuple[list[Explained], Report]:
+    """Explain each prepared picture for ``classes`` with ``methods``: one forward pass per input shape.
+
+    Every further class costs only the methods' input-only backward passes (see
+    :func:`saliency.explain_classes`). Results come back in the order of ``prepared``.
+    """
+    explained: list[Explained | None] = [None] * len(prepared)
+    report = Report()
+    count = classes.per_image(model.num_classes)
+    for indices in groups_by_shape(prepared):
+        x = torch.cat([prepared[i].tensor for i in indices])
+        with stage("explain"):
+            if classes.fixed:
+                results = explain_classes(model.module, x, methods, list(classes.fixed), options=options,
+                                          progress=progress)
+            else:
+                results = explain_classes(model.module, x, methods, topk=count, options=options, progress=progress)
+            probabilities = results[0].probabilities.detach().float().cpu()
+            targets = torch.stack([r.targets for r in results], dim=1).cpu().tolist()   # [B, classes]
+            maps = [{m: r[m].detach().float().cpu() for m in methods} for r in results]
+        for row, i in enumerate(indices):
+            explained[i] = Explained(prepared=prepared[i], probabilities=probabilities[row], targets=targets[row],
+                                     maps=[{m: per_class[m][row] for m in methods} for per_class in maps])
+        for result in results:
+            report.add(Report(list(result.warnings), dict(result.activations), dict(result.seconds), result.layer))
+    return [e for e in explained if e is not None], report
+
+
+def render(explained: Sequence[Explained], methods: Sequence[str], style: str, *, alpha: float, cmap: str,
+           percentile: float, stage: Stage = _no_stage) -> Iterator[Picture]:
+    """Each picture's maps drawn (image, then class rank, then method), batched by input shape."""
+    if not explained:
+        return
+    drawn: dict[tuple[int, int, str], Image.Image] = {}
+    ranks = max(len(e.targets) for e in explained)
+    with stage("render"):
+        for indices in groups_by_shape([e.prepared for e in explained]):
+            for rank in range(ranks):
+                rows = [i for i in indices if rank < len(explained[i].targets)]
+                for method in methods:
+                    maps = torch.stack([explained[i].maps[rank][method] for i in rows])
+                    pictures = render_batch(maps, style, [explained[i].prepared for i in rows], alpha=alpha,
+                                            cmap=cmap, percentile=percentile)
+                    drawn.update({(i, rank, method): p for i, p in zip(rows, pictures)})
+    for i, e in enumerate(explained):
+        for rank, target in enumerate(e.targets):
+            for method in methods:
+                yield Picture(i, rank, method, target, drawn[i, rank, method])
