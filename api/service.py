@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 import torch
 
-import saliency
 from saliency.api.errors import RequestError
 from saliency.api.parsing import ExplainRequest
 from saliency.images import open_image
 from saliency.models import LoadedModel
-from saliency.render import convention, render_batch, to_png
+from saliency.pipeline import Classes, explain_prepared, render
+from saliency.render import DEFAULT_CMAP, DEFAULT_PERCENTILE, convention
 
 TOP_PREDICTIONS = 5
 
@@ -52,8 +52,8 @@ class _Stage:
 
 
 @dataclass
-class Picture:
-    """One rendered map: which image, class and method it explains, and its PNG."""
+class ServicePicture:
+    """One rendered map: which image, class and method it explains, its PNG and its raw values."""
 
     image: int
     method: str
@@ -71,7 +71,7 @@ class Outcome:
     boxes: list[tuple[int, int, int, int]]
     probabilities: torch.Tensor            # [B, classes]
     targets: list[list[int]]               # per image: the classes explained, in order
-    pictures: list[Picture]
+    pictures: list[ServicePicture]
     warnings: list[str]
     activations: dict[str, int]
     method_seconds: dict[str, float]
@@ -79,7 +79,7 @@ class Outcome:
 
 
 def run(model: LoadedModel, req: ExplainRequest, max_pixels: int, max_render_pixels: int | None = None) -> Outcome:
-    """Explain every image of ``req`` with ``model`` (a loaded model) as one batch per input size.
+    """Explain every image of ``req`` with ``model`` (a loaded model) through the pipeline.
 
     Refused before any work when its pictures, drawn at each image's size (the crop the model saw,
     or the whole image for overlays), would hold more than ``max_render_pixels`` pixels in all.
@@ -94,40 +94,18 @@ def run(model: LoadedModel, req: ExplainRequest, max_pixels: int, max_render_pix
             prepared.append(model.prepare(images[-1]))
         if max_render_pixels is not None:
             _check_drawing(req, images, prepared, len(model.labels), max_render_pixels)
-    probabilities: list[torch.Tensor | None] = [None] * len(prepared)
-    targets: list[list[int]] = [[] for _ in prepared]
-    pictures: list[Picture] = []
-    notes: list[str] = []
-    activations: dict[str, int] = {}
-    method_seconds: dict[str, float] = defaultdict(float)
-    for indices in _groups_by_shape(prepared):
-        x = torch.cat([prepared[i].tensor for i in indices])
-        for rank in range(req.topk):
-            if rank and rank >= len(probabilities[indices[0]]):
-                break  # fewer classes than topk
-            target = _target_for(rank, fixed_target, indices, probabilities)
-            with timer.stage("explain"):
-                result = saliency.explain(model.module, x, methods=req.methods, target=target,
-                                          options=dict(req.options))
-            for k, v in result.seconds.items():
-                method_seconds[k] += v
-            notes += [w for w in result.warnings if w not in notes]
-            activations.update(result.activations)
-            for row, i in enumerate(indices):
-                if probabilities[i] is None:
-                    probabilities[i] = result.probabilities[row].detach().cpu()
-                targets[i].append(int(result.targets[row]))
-            for method in req.methods:
-                maps = result[method].detach().cpu()
-                with timer.stage("render"):
-                    rendered = render_batch(maps, req.style, [prepared[i] for i in indices], alpha=req.alpha)
-                with timer.stage("encode"):
-                    for row, i in enumerate(indices):
-                        pictures.append(Picture(i, method, int(result.targets[row]), to_png(rendered[row]),
-                                                maps[row].numpy()))
+    classes = Classes(fixed=() if fixed_target is None else (fixed_target,), topk=req.topk)
+    explained, report = explain_prepared(model, prepared, req.methods, classes, dict(req.options), stage=timer.stage)
+    pictures = []
+    for drawn in render(explained, req.methods, req.style, alpha=req.alpha, cmap=DEFAULT_CMAP,
+                        percentile=DEFAULT_PERCENTILE, stage=timer.stage):
+        with timer.stage("encode"):
+            raw = explained[drawn.image].maps[drawn.rank][drawn.method].numpy()
+            pictures.append(ServicePicture(drawn.image, drawn.method, drawn.target, drawn.png(), raw))
     return Outcome(request=req, sizes=[im.size for im in images], boxes=[tuple(p.box) for p in prepared],
-                   probabilities=torch.stack(probabilities), targets=targets, pictures=pictures,
-                   warnings=notes, activations=activations, method_seconds=dict(method_seconds), timer=timer)
+                   probabilities=torch.stack([e.probabilities for e in explained]),
+                   targets=[e.targets for e in explained], pictures=pictures, warnings=report.warnings,
+                   activations=report.activations, method_seconds=report.seconds, timer=timer)
 
 
 def to_json(outcome: Outcome, model: LoadedModel) -> dict[str, Any]:
@@ -192,19 +170,3 @@ def _check_drawing(req: ExplainRequest, images: list, prepared: list, classes: i
         raise RequestError(f"this request would draw {per_map * maps} pixels of pictures ({maps} maps per image, "
                            f"each at the image's size); this server draws at most {limit}: send smaller images, "
                            "or fewer images, classes or methods")
-
-
-def _groups_by_shape(prepared: list) -> list[list[int]]:
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, p in enumerate(prepared):
-        groups.setdefault(tuple(p.tensor.shape[1:]), []).append(i)
-    return list(groups.values())
-
-
-def _target_for(rank: int, fixed: int | None, indices: list[int],
-                probabilities: list[torch.Tensor | None]) -> int | list[int] | None:
-    if fixed is not None:
-        return fixed
-    if rank == 0:
-        return None
-    return [int(probabilities[i].topk(rank + 1).indices[rank]) for i in indices]
