@@ -1,0 +1,103 @@
+"""Explain a whole dataset into a Parquet dataset, resumably, in this process or on a Ray cluster.
+
+>>> from saliency.batch import explain_dataset
+>>> summary = explain_dataset(["photos/"], "maps.parquet", model="resnet50", methods=["guided"], topk=3)
+>>> summary.explained, summary.failed
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from saliency.batch.sources import Source, SourceError, list_sources
+from saliency.batch.store import Store, StoreError
+from saliency.batch.work import REDUCTIONS, JobSpec
+from saliency.errors import OptionError
+from saliency.images import MAX_PIXELS
+from saliency.methods import resolve_methods, resolve_options
+from saliency.models import LoadedModel
+
+ENGINES = ("local", "ray")
+DEFAULT_SHARD_SIZE = 128
+
+__all__ = ["ENGINES", "JobSpec", "Source", "SourceError", "StoreError", "Summary", "explain_dataset"]
+
+
+@dataclass
+class Summary:
+    """How a job ended: images explained now, sources that failed now, sources already in DEST before it."""
+
+    explained: int = 0
+    failed: list[str] = field(default_factory=list)
+    skipped: int = 0
+    missing: list[str] = field(default_factory=list)
+    """Sources this run should have written but DEST lacks (a worker was lost): a rerun finishes them."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.missing
+
+
+def explain_dataset(sources: Sequence[str], out: str, *, model: str | LoadedModel = "demo",
+                    methods: Sequence[str] = ("guided",), engine: str = "local", topk: int = 1,
+                    targets: Sequence[str | int] = (), options: dict[str, str] | None = None,
+                    reduce: str = "none", batch_size: int = 16, shard_size: int = DEFAULT_SHARD_SIZE,
+                    png: str | os.PathLike | None = None, workers: int = 1, gpus_per_worker: float = 0,
+                    address: str | None = None, device: str | None = None, max_pixels: int = MAX_PIXELS,
+                    progress: Callable[[int, int], None] | None = None, **model_options) -> Summary:
+    """Explain every image ``sources`` name into the Parquet dataset ``out``; rerun to resume.
+
+    ``sources``: image files, folders, globs, list files, Parquet tables, URIs (see
+    :func:`saliency.batch.sources.list_sources`). Sources already in ``out`` are skipped. Each image
+    gives one row per explained class (``targets``, else its ``topk`` most probable); an image that
+    cannot be used gives one row with ``error`` set. ``engine``: ``"local"`` (threads in this
+    process) or ``"ray"`` (Ray Data; ``address`` joins a cluster, ``workers`` model actors with
+    ``gpus_per_worker`` GPUs each). ``model_options``: ``weights``, ``labels``, ``input_size``,
+    ``resize``, ``mean``, ``std`` as for :func:`saliency.models.load_model`.
+    ``max_pixels``: larger pictures are error rows. ``progress(images, failed)`` hears after each shard.
+    """
+    spec = _spec(model, methods, topk, targets, options, reduce, batch_size, png, device, engine, model_options)
+    spec = dataclasses.replace(spec, max_pixels=max_pixels)
+    loaded = spec.load()  # a bad model, weights file or class fails here, before any work
+    spec.classes(loaded)
+    store = Store(os.fspath(out), spec.describe(loaded))
+    store.open()
+    done = store.done()
+    listed = list(list_sources(sources))
+    todo = [s for s in listed if s.id not in done]
+    summary = Summary(skipped=len(listed) - len(todo))
+    report = progress or (lambda images, failed: None)
+    if engine == "ray":
+        from saliency.batch.ray_engine import run_ray
+
+        summary.explained, summary.failed = run_ray(spec, todo, store, shard_size, report, workers=workers,
+                                                    gpus_per_worker=gpus_per_worker, address=address)
+    else:
+        from saliency.batch.local import run_local
+
+        summary.explained, summary.failed = run_local(spec, todo, store, shard_size, report)
+    written = store.done()
+    summary.missing = [s.id for s in todo if s.id not in written]
+    return summary
+
+
+def _spec(model, methods, topk, targets, options, reduce, batch_size, png, device, engine,
+          model_options) -> JobSpec:
+    if engine not in ENGINES:
+        raise OptionError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
+    if reduce not in REDUCTIONS:
+        raise OptionError(f"unknown reduction {reduce!r}; choose from {', '.join(REDUCTIONS)}")
+    chosen = resolve_methods(methods)
+    resolve_options(chosen, options)
+    if topk < 1 or batch_size < 1:
+        raise OptionError("topk and batch_size must be at least 1")
+    unknown = set(model_options) - {"weights", "labels", "input_size", "resize", "mean", "std"}
+    if unknown:
+        raise OptionError(f"unknown model option(s) {', '.join(sorted(unknown))}")
+    return JobSpec(model=model, methods=tuple(m.name for m in chosen),
+                   options=tuple(sorted((k, str(v)) for k, v in (options or {}).items())),
+                   targets=tuple(str(t) for t in targets), topk=topk, reduce=reduce, batch_size=batch_size,
+                   png=os.fspath(png) if png else None, device=device, **model_options)

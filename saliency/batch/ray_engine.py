@@ -1,0 +1,115 @@
+"""The Ray Data engine: decode as CPU tasks, explain in an actor pool that loads the model once per actor.
+
+Thin glue: the stages are :func:`~saliency.batch.work.decode` and
+:func:`~saliency.batch.work.explain_decoded`, as in the local engine. Each actor call takes one
+shard's sources and writes that shard itself (atomically, named by its sources), so a task that
+Ray retries after losing a node rewrites the same shard instead of adding a second copy; Ray's own
+``write_parquet`` writes files in place, where a killed worker can leave half a file.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from saliency.batch.local import Progress
+from saliency.batch.sources import Source
+from saliency.batch.store import Store
+from saliency.batch.work import Decoded, JobSpec, decode, explain_decoded, write_pictures
+from saliency.errors import SaliencyError
+
+INSTALL = "pip install 'saliency[ray]'"
+
+
+def require_ray() -> Any:
+    """The ``ray`` module, or one clear error saying how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise SaliencyError(f"--engine ray needs Ray Data, which is not installed; install it with: {INSTALL}") from None
+    return ray
+
+
+def run_ray(spec: JobSpec, sources: Sequence[Source], store: Store, shard_size: int, progress: Progress, *,
+            workers: int = 1, gpus_per_worker: float = 0, address: str | None = None) -> tuple[int, list[str]]:
+    """Explain ``sources`` into ``store`` on a Ray cluster (joined at ``address``, else started here)."""
+    ray = require_ray()
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise SaliencyError(f"cannot join the Ray cluster at {address or 'a new local one'}: "
+                                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    if not sources:
+        return 0, []
+    preprocessing = spec.load().preprocessing
+    items = [{"source": s.id, "data": s.data} for s in sources]
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / shard_size)))
+    decoded = dataset.map_batches(_decode_table, batch_size=shard_size, batch_format="pyarrow",
+                                  fn_kwargs={"preprocessing": preprocessing, "max_pixels": spec.max_pixels})
+    summaries = decoded.map_batches(
+        _Explainer, batch_size=shard_size, batch_format="pyarrow",
+        fn_constructor_kwargs={"spec": spec, "dest": store.dest, "job": store.job, "gpus": gpus_per_worker},
+        compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=gpus_per_worker or None,
+        max_restarts=-1, max_task_retries=-1)
+    explained, failed = 0, []
+    for summary in summaries.iter_batches(batch_size=None, batch_format="pyarrow"):
+        counts = summary.column("explained").to_pylist()
+        errors = [s for s, bad in zip(summary.column("source").to_pylist(), summary.column("failed").to_pylist())
+                  if bad]
+        explained += sum(counts)
+        failed += errors
+        progress(sum(counts) + len(errors), len(errors))
+    return explained, failed
+
+
+def _decode_table(table: Any, preprocessing: Any, max_pixels: int) -> Any:
+    """Ray task: a table of sources → a table of model inputs (raw float32 bytes) or errors."""
+    import pyarrow as pa
+
+    rows = [decode(Source(s, d), preprocessing, max_pixels)
+            for s, d in zip(table.column("source").to_pylist(), table.column("data").to_pylist())]
+    return pa.table({
+        "source": [r.source for r in rows],
+        "pixels": pa.array([None if r.tensor is None else r.tensor.tobytes() for r in rows], pa.binary()),
+        "shape": pa.array([None if r.tensor is None else list(r.tensor.shape) for r in rows], pa.list_(pa.int32())),
+        "width": pa.array([r.width for r in rows], pa.int32()),
+        "height": pa.array([r.height for r in rows], pa.int32()),
+        "box": pa.array([list(r.box) for r in rows], pa.list_(pa.int32())),
+        "error": pa.array([r.error for r in rows], pa.string()),
+    })
+
+
+class _Explainer:
+    """Ray actor: loads the model once, then explains and writes one shard per call."""
+
+    def __init__(self, spec: JobSpec, dest: str, job: dict, gpus: float) -> None:
+        import torch
+
+        self.spec = spec
+        self.loaded = spec.load("cuda" if gpus and torch.cuda.is_available() else None)
+        self.classes = spec.classes(self.loaded)
+        self.store = Store(dest, job)
+
+    def __call__(self, table: Any) -> Any:
+        import pyarrow as pa
+
+        decoded = [_decoded(row) for row in table.to_pylist()]
+        rows = explain_decoded(self.loaded, decoded, self.spec, self.classes)
+        write_pictures(rows.rows, self.spec, self.loaded.name)
+        self.store.write(rows.rows)
+        sources = [d.source for d in decoded]
+        failed = set(rows.failed)
+        return pa.table({"source": sources, "failed": [s in failed for s in sources],
+                         "explained": [0 if s in failed else 1 for s in sources]})
+
+
+def _decoded(row: dict) -> Decoded:
+    if row["error"] is not None:
+        return Decoded(row["source"], error=row["error"])
+    tensor = np.frombuffer(row["pixels"], dtype=np.float32).reshape(row["shape"]).copy()
+    return Decoded(row["source"], tensor, row["width"], row["height"], tuple(row["box"]))

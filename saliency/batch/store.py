@@ -1,0 +1,179 @@
+"""The output of a batch job: a Parquet dataset of shards, each written whole or not at all.
+
+A shard is written under a hidden name (``.tmp-…``, which Parquet readers skip) and renamed into
+place, so a reader — or a rerun after a crash — sees only complete shards. Its name is a hash of
+the sources it holds, so a retried task replaces its own shard instead of adding a second one.
+``_job.json`` records what the job computes; a rerun with other settings is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from saliency.errors import SaliencyError
+
+JOB_FILE = "_job.json"
+TEMP_PREFIX = ".tmp-"
+
+
+class StoreError(SaliencyError):
+    """DEST cannot be used: not writable, or it holds another job's results."""
+
+
+def schema(methods: Sequence[str], reduce: str, job: Mapping[str, Any] | None = None):
+    """The Arrow schema of a result row (see docs/batch.md for what each column holds)."""
+    import pyarrow as pa
+
+    value = pa.float16() if reduce == "max-abs" else pa.float32()
+    prediction = pa.struct([("index", pa.int32()), ("label", pa.string()), ("probability", pa.float32())])
+    fields = [
+        ("source", pa.string()), ("error", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
+        ("rank", pa.int32()), ("target", pa.int32()), ("label", pa.string()), ("probability", pa.float32()),
+        ("predictions", pa.list_(prediction)), ("map_shape", pa.list_(pa.int32())),
+    ] + [(f"map_{m}", pa.list_(value)) for m in methods]
+    metadata = {b"saliency.job": json.dumps(dict(job), sort_keys=True).encode()} if job else None
+    return pa.schema(fields, metadata=metadata)
+
+
+class Store:
+    """A Parquet dataset at ``dest`` (a local path or a pyarrow filesystem URI) holding one job's rows."""
+
+    def __init__(self, dest: str, job: Mapping[str, Any]) -> None:
+        from pyarrow import fs
+
+        self.dest = dest
+        self.job = dict(job)
+        try:
+            self.filesystem, self.root = fs.FileSystem.from_uri(dest) if "://" in dest else (fs.LocalFileSystem(),
+                                                                                              _absolute(dest))
+        except Exception as exc:
+            raise StoreError(f"cannot open --out {dest!r}: {exc}") from None
+        self.schema = schema(job["methods"], job["reduce"], job)
+
+    def open(self) -> None:
+        """Create DEST if needed, check it holds this job (or nothing), and clear half-written temporary files."""
+        from pyarrow import fs
+
+        info = self.filesystem.get_file_info(self.root)
+        if info.type == fs.FileType.File:
+            raise StoreError(f"--out '{self.dest}' is a file; give a folder for the Parquet dataset")
+        try:
+            self.filesystem.create_dir(self.root, recursive=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create --out '{self.dest}': {exc}") from None
+        recorded = self._recorded_job()
+        if recorded is None:
+            if self._shards():
+                raise StoreError(f"--out '{self.dest}' holds Parquet files that no saliency batch job wrote; "
+                                 "choose an empty or new folder")
+            self._write_atomic(JOB_FILE, json.dumps(self.job, indent=2, sort_keys=True).encode())
+        elif recorded != self.job:
+            changed = sorted(k for k in set(recorded) | set(self.job) if recorded.get(k) != self.job.get(k))
+            raise StoreError(f"--out '{self.dest}' holds the results of another job (it differs in "
+                             f"{', '.join(changed)}); rerun with the same settings to resume, or choose another --out")
+        for info in self.filesystem.get_file_info(_selector(self.root)):
+            if info.base_name.startswith(TEMP_PREFIX):
+                self.filesystem.delete_file(info.path)
+
+    def done(self) -> set[str]:
+        """The sources that already have rows in DEST."""
+        import pyarrow.parquet as pq
+
+        found: set[str] = set()
+        for path in self._shards():
+            table = pq.read_table(path, columns=["source"], filesystem=self.filesystem)
+            found.update(table.column("source").to_pylist())
+        return found
+
+    def write(self, rows: Sequence[Mapping[str, Any]]) -> str | None:
+        """Write ``rows`` as one shard (atomically); its name is a hash of their sources. Returns the name."""
+        import pyarrow.parquet as pq
+
+        if not rows:
+            return None
+        table = self.table(rows)
+        digest = hashlib.sha1("\n".join(sorted({r["source"] for r in rows})).encode()).hexdigest()[:20]
+        name = f"part-{digest}.parquet"
+        temp = f"{self.root}/{TEMP_PREFIX}{uuid.uuid4().hex}-{name}"
+        try:
+            pq.write_table(table, temp, filesystem=self.filesystem, compression="zstd")
+            self.filesystem.move(temp, f"{self.root}/{name}")
+        except BaseException:
+            _delete_quietly(self.filesystem, temp)
+            raise
+        return name
+
+    def table(self, rows: Sequence[Mapping[str, Any]]):
+        """Rows (dicts with the schema's columns; maps as numpy arrays) as an Arrow table."""
+        import pyarrow as pa
+
+        columns = {}
+        for field in self.schema:
+            values = [r.get(field.name) for r in rows]
+            if field.name.startswith("map_") and field.name != "map_shape":
+                columns[field.name] = _list_array(values, field.type.value_type)
+            else:
+                columns[field.name] = pa.array(values, type=field.type)
+        return pa.table(columns, schema=self.schema)
+
+    def _shards(self) -> list[str]:
+        return sorted(i.path for i in self.filesystem.get_file_info(_selector(self.root))
+                      if i.base_name.endswith(".parquet") and not i.base_name.startswith((".", "_")))
+
+    def _recorded_job(self) -> dict[str, Any] | None:
+        try:
+            with self.filesystem.open_input_stream(f"{self.root}/{JOB_FILE}") as stream:
+                return json.loads(stream.read())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"cannot read '{self.dest}/{JOB_FILE}': {exc}; choose another --out") from None
+
+    def _write_atomic(self, name: str, data: bytes) -> None:
+        temp = f"{self.root}/{TEMP_PREFIX}{uuid.uuid4().hex}-{name}"
+        try:
+            with self.filesystem.open_output_stream(temp) as stream:
+                stream.write(data)
+            self.filesystem.move(temp, f"{self.root}/{name}")
+        except OSError as exc:
+            _delete_quietly(self.filesystem, temp)
+            raise StoreError(f"cannot write in --out '{self.dest}': {exc}") from None
+
+
+def _list_array(values: Iterable[np.ndarray | None], value_type):
+    """A list column from numpy arrays (None: a null list) without a Python float per element."""
+    import pyarrow as pa
+
+    arrays = list(values)
+    lengths = np.array([0 if a is None else a.size for a in arrays], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    dtype = np.float16 if pa.types.is_float16(value_type) else np.float32
+    flat = (np.concatenate([a.reshape(-1).astype(dtype, copy=False) for a in arrays if a is not None])
+            if any(a is not None for a in arrays) else np.zeros(0, dtype))
+    mask = pa.array([a is None for a in arrays])
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=value_type), mask=mask)
+
+
+def _selector(root: str):
+    from pyarrow import fs
+
+    return fs.FileSelector(root, allow_not_found=True, recursive=False)
+
+
+def _absolute(path: str) -> str:
+    import os
+
+    return os.path.abspath(path)
+
+
+def _delete_quietly(filesystem, path: str) -> None:
+    try:
+        filesystem.delete_file(path)
+    except OSError:
+        pass

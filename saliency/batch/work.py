@@ -1,0 +1,184 @@
+"""The two stages of a batch job, the same in every engine: decode a source, explain decoded images into rows."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from saliency.batch.sources import Source
+from saliency.errors import SaliencyError
+from saliency.images import MAX_PIXELS, open_image
+from saliency.models import LoadedModel, load_model
+from saliency.pipeline import Classes, Explained, explain_prepared, render
+from saliency.preprocess import Prepared, Preprocessing
+from saliency.render import DEFAULT_ALPHA, DEFAULT_CMAP, DEFAULT_PERCENTILE, save_png
+
+TOP_PREDICTIONS = 5
+REDUCTIONS = ("none", "max-abs")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What a batch job computes; small and picklable, so every worker of a cluster can load the same model.
+
+    ``model``: a model name (``demo``, a torchvision name, ``pkg.module:factory``) loaded with the
+    other model fields, or an already loaded :class:`~saliency.models.LoadedModel`.
+    ``targets``: classes by label or index (each image gets each), else each image's ``topk``.
+    """
+
+    model: str | LoadedModel = "demo"
+    weights: str | None = None
+    labels: str | None = None
+    input_size: int | None = None
+    resize: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    methods: tuple[str, ...] = ("guided",)
+    options: tuple[tuple[str, str], ...] = ()
+    targets: tuple[str, ...] = ()
+    topk: int = 1
+    reduce: str = "none"
+    png: str | None = None
+    batch_size: int = 16
+    max_pixels: int = MAX_PIXELS
+    device: str | None = None
+
+    def load(self, device: str | None = None) -> LoadedModel:
+        """The model, on ``device`` (default: this spec's device, else the CPU)."""
+        where = device or self.device
+        if isinstance(self.model, LoadedModel):
+            return self.model if where is None else _moved(self.model, where)
+        return load_model(self.model, weights=self.weights, labels=self.labels, input_size=self.input_size,
+                          resize=self.resize, mean=self.mean, std=self.std,
+                          device=torch.device(where) if where else None)
+
+    def describe(self, loaded: LoadedModel) -> dict[str, Any]:
+        """What identifies the job's results (``_job.json``): a rerun must match it to resume."""
+        return {"model": loaded.name, "weights": loaded.weights or self.weights, "methods": list(self.methods),
+                "options": dict(self.options), "targets": list(self.targets),
+                "topk": None if self.targets else self.topk, "reduce": self.reduce,
+                "input": list(loaded.preprocessing.shape)}
+
+    def classes(self, loaded: LoadedModel) -> Classes:
+        """The class choice for ``loaded`` (labels resolved to indices)."""
+        return Classes(fixed=tuple(loaded.class_index(t) for t in self.targets), topk=self.topk)
+
+
+@dataclass
+class Decoded:
+    """One source ready for the model: its input ``tensor`` ``[C, H, W]`` (float32), or the ``error`` that stopped it."""
+
+    source: str
+    tensor: np.ndarray | None = None
+    width: int = 0
+    height: int = 0
+    box: tuple[int, int, int, int] = (0, 0, 0, 0)
+    error: str | None = None
+
+    def prepared(self) -> Prepared:
+        """The pipeline's view of it (the original picture is not carried: pictures are drawn as heatmaps)."""
+        return Prepared(tensor=torch.from_numpy(self.tensor)[None], image=None, box=self.box)
+
+
+def decode(source: Source, preprocessing: Preprocessing, max_pixels: int = MAX_PIXELS) -> Decoded:
+    """Read, decode and prepare one source; any problem with it becomes its one-line ``error``."""
+    try:
+        image = open_image(source.read(), max_pixels=max_pixels)
+        prepared = preprocessing.prepare(image)
+    except SaliencyError as exc:
+        return Decoded(source.id, error=str(exc))
+    tensor = prepared.tensor[0].numpy()
+    return Decoded(source.id, tensor, image.width, image.height, tuple(int(v) for v in prepared.box))
+
+
+@dataclass
+class Rows:
+    """Result rows for a group of sources, and how many of them failed."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    explained: int = 0
+
+
+def explain_decoded(loaded: LoadedModel, decoded: Sequence[Decoded], spec: JobSpec, classes: Classes) -> Rows:
+    """Explain the decoded sources in model batches of ``spec.batch_size``: one row per (image, class), one per error."""
+    out = Rows()
+    good = [d for d in decoded if d.error is None]
+    for d in decoded:
+        if d.error is not None:
+            out.rows.append({"source": d.source, "error": d.error})
+            out.failed.append(d.source)
+    options = dict(spec.options)
+    for start in range(0, len(good), spec.batch_size):
+        chunk = good[start:start + spec.batch_size]
+        explained, _ = explain_prepared(loaded, [d.prepared() for d in chunk], spec.methods, classes, options)
+        for d, e in zip(chunk, explained):
+            out.rows += _rows(d, e, loaded.labels, spec)
+        out.explained += len(chunk)
+    return out
+
+
+def write_pictures(rows: Sequence[Mapping[str, Any]], spec: JobSpec, model_name: str) -> None:
+    """``--png DIR``: each row's maps drawn as heatmaps (the crop the model saw), written atomically."""
+    if not spec.png:
+        return
+    folder = Path(spec.png)
+    good = [r for r in rows if r.get("error") is None]
+    for method in spec.methods:
+        explained = [Explained(prepared=Prepared(torch.zeros(0), None, r["_box"]), probabilities=torch.zeros(0),
+                               targets=[r["target"]], maps=[{method: _as_chw(r[f"map_{method}"], r["map_shape"])}])
+                     for r in good]
+        for drawn in render(explained, [method], "heatmap", alpha=DEFAULT_ALPHA, cmap=DEFAULT_CMAP,
+                            percentile=DEFAULT_PERCENTILE):
+            row = good[drawn.image]
+            save_png(drawn.picture, folder / picture_name(row["source"], method, row["label"]),
+                     {"method": method, "target": row["label"], "model": model_name, "source": row["source"]})
+
+
+def picture_name(source: str, method: str, label: str) -> str:
+    """``STEM-HASH-METHOD-LABEL.png``: readable, and unique for sources that share a file name."""
+    stem = os.path.splitext(os.path.basename(source.split("#")[0].rstrip("/")))[0] or "image"
+    digest = hashlib.sha1(source.encode()).hexdigest()[:8]
+    return f"{_slug(stem)}-{digest}-{method}-{_slug(label)}.png"
+
+
+def _rows(d: Decoded, e: Explained, labels: Sequence[str], spec: JobSpec) -> list[dict[str, Any]]:
+    probabilities = e.probabilities
+    top = probabilities.topk(min(TOP_PREDICTIONS, len(probabilities)))
+    predictions = [{"index": int(i), "label": labels[int(i)], "probability": float(p)}
+                   for p, i in zip(top.values, top.indices)]
+    rows = []
+    for rank, (target, maps) in enumerate(zip(e.targets, e.maps)):
+        row = {"source": d.source, "error": None, "width": d.width, "height": d.height, "rank": rank,
+               "target": target, "label": labels[target], "probability": float(probabilities[target]),
+               "predictions": predictions, "_box": d.box}
+        for method, attribution in maps.items():
+            values = attribution.numpy()
+            if spec.reduce == "max-abs":
+                values = np.abs(values).max(axis=0).astype(np.float16)
+            row[f"map_{method}"] = values
+            row["map_shape"] = list(values.shape)
+        rows.append(row)
+    return rows
+
+
+def _as_chw(values: np.ndarray, shape: Sequence[int]) -> torch.Tensor:
+    array = np.asarray(values, dtype=np.float32).reshape(shape)
+    return torch.from_numpy(array if array.ndim == 3 else array[None])
+
+
+def _moved(loaded: LoadedModel, device: str) -> LoadedModel:
+    loaded.module.to(torch.device(device))
+    return loaded
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"

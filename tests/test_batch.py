@@ -1,0 +1,217 @@
+"""saliency.batch on the local engine: rows equal explain(), bad inputs are rows, reruns resume, kills lose nothing."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+import saliency
+from saliency.batch import StoreError, explain_dataset
+from saliency.batch.sources import SourceError, list_sources
+from saliency.errors import ImageError, OptionError
+from saliency.images import open_image
+from saliency.models import load_model
+from batchdata import rows, sources_in, write_images
+
+METHODS = ["guided", "vanilla"]
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_model("demo")
+
+
+@pytest.fixture
+def images(tmp_path):
+    return write_images(tmp_path / "images", 10)
+
+
+def _expected(demo, path, methods, target=None):
+    prepared = demo.prepare(open_image(path))
+    return saliency.explain(demo.module, prepared.tensor, methods, target=target)
+
+
+def test_rows_hold_what_explain_gives_for_each_image(tmp_path, images, demo):
+    summary = explain_dataset([str(tmp_path / "images")], str(tmp_path / "out"), methods=METHODS, topk=2,
+                              batch_size=4, shard_size=6)
+    assert summary.explained == 10 and summary.failed == [] and summary.ok
+    table = rows(tmp_path / "out")
+    assert table.num_rows == 20
+    for row in table.to_pylist():
+        path = row["source"]
+        assert row["error"] is None
+        top = _expected(demo, path, METHODS)
+        ranked = top.logits.topk(2, dim=1).indices[0].tolist()
+        assert row["target"] == ranked[row["rank"]]
+        assert row["label"] == demo.labels[row["target"]]
+        expected = _expected(demo, path, METHODS, target=row["target"])
+        assert row["map_shape"] == [3, 64, 64]
+        for method in METHODS:
+            got = np.asarray(row[f"map_{method}"], dtype=np.float32).reshape(row["map_shape"])
+            assert np.allclose(got, expected[method][0].numpy(), rtol=1e-3, atol=1e-5 * float(expected[method].abs().max()))
+        assert row["probability"] == pytest.approx(float(expected.probabilities[0, row["target"]]), rel=1e-5)
+        assert [p["index"] for p in row["predictions"]] == top.probabilities[0].topk(5).indices.tolist()
+        with open_image(path) as picture:
+            assert (row["width"], row["height"]) == picture.size
+
+
+def test_schema_types_and_job_record(tmp_path, images):
+    explain_dataset([str(images[0])], str(tmp_path / "out"), methods=["deconvnet"])
+    (shard,) = [p for p in (tmp_path / "out").iterdir() if p.suffix == ".parquet"]
+    schema = pq.read_schema(shard)
+    assert schema.field("map_deconvnet").type == pa.list_(pa.float32())
+    assert schema.field("predictions").type.value_type.names == ["index", "label", "probability"]
+    job = json.loads((tmp_path / "out" / "_job.json").read_text())
+    assert job["model"] == "demo" and job["methods"] == ["deconvnet"] and job["reduce"] == "none"
+
+
+def test_corrupt_missing_and_oversized_images_are_error_rows_beside_good_ones(tmp_path, images):
+    bad = tmp_path / "images" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    huge = tmp_path / "images" / "huge.png"
+    from PIL import Image
+    Image.new("RGB", (3000, 1000)).save(huge)
+    missing = tmp_path / "nowhere.png"
+    summary = explain_dataset([str(tmp_path / "images"), str(missing)], str(tmp_path / "out"), methods=["guided"],
+                              max_pixels=2_000_000)
+    table = rows(tmp_path / "out").to_pylist()
+    errors = {r["source"]: r["error"] for r in table if r["error"] is not None}
+    assert set(errors) == {str(bad), str(missing), str(huge)}
+    assert "pixels" in errors[str(huge)]
+    for source, message in errors.items():
+        with pytest.raises(ImageError) as raised:
+            open_image(source, max_pixels=2_000_000)
+        assert message == str(raised.value)
+        assert "\n" not in message
+    assert summary.explained == len(table) - len(errors)
+    assert sorted(summary.failed) == sorted(errors)
+    assert not summary.ok
+    error_row = next(r for r in table if r["source"] == str(missing))
+    assert error_row["map_guided"] is None and error_row["target"] is None
+
+
+def test_rerun_skips_everything_already_written(tmp_path, images):
+    out = str(tmp_path / "out")
+    first = explain_dataset([str(tmp_path / "images")], out, shard_size=4)
+    files = sorted(os.listdir(out))
+    again = explain_dataset([str(tmp_path / "images")], out, shard_size=4)
+    assert (first.explained, again.explained, again.skipped) == (10, 0, 10)
+    assert sorted(os.listdir(out)) == files
+    more = write_images(tmp_path / "images", 12)[10:]
+    third = explain_dataset([str(tmp_path / "images")], out, shard_size=4)
+    assert (third.explained, third.skipped) == (2, 10)
+    assert Counter(sources_in(tmp_path / "out")) == Counter({str(p): 1 for p in images + more})
+
+
+def test_a_rerun_with_other_settings_is_refused(tmp_path, images):
+    out = str(tmp_path / "out")
+    explain_dataset([str(images[0])], out, methods=["guided"])
+    with pytest.raises(StoreError, match="another job.*methods"):
+        explain_dataset([str(images[0])], out, methods=["vanilla"])
+
+
+def test_a_folder_of_other_parquet_files_is_refused(tmp_path, images):
+    (tmp_path / "out").mkdir()
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "out" / "theirs.parquet")
+    with pytest.raises(StoreError, match="no saliency batch job wrote"):
+        explain_dataset([str(images[0])], str(tmp_path / "out"))
+
+
+def test_max_abs_reduction_stores_half_precision_two_d_maps(tmp_path, images, demo):
+    explain_dataset([str(images[0])], str(tmp_path / "full"), methods=["guided"])
+    explain_dataset([str(images[0])], str(tmp_path / "small"), methods=["guided"], reduce="max-abs")
+    full, small = rows(tmp_path / "full").to_pylist()[0], rows(tmp_path / "small").to_pylist()[0]
+    assert small["map_shape"] == [64, 64]
+    assert pq.read_schema(next((tmp_path / "small").glob("*.parquet"))).field("map_guided").type == pa.list_(pa.float16())
+    expected = np.abs(np.asarray(full["map_guided"], np.float32).reshape(3, 64, 64)).max(axis=0)
+    assert np.allclose(np.asarray(small["map_guided"], np.float32).reshape(64, 64), expected, rtol=1e-3, atol=1e-7)
+
+
+def test_png_folder_gets_one_heatmap_per_row_and_method(tmp_path, images):
+    explain_dataset([str(p) for p in images[:3]], str(tmp_path / "out"), methods=METHODS, topk=2,
+                    png=tmp_path / "png")
+    pictures = sorted(p.name for p in (tmp_path / "png").iterdir())
+    assert len(pictures) == 3 * 2 * 2
+    assert all(name.startswith("img00") and name.endswith(".png") for name in pictures)
+    with open_image(tmp_path / "png" / pictures[0]) as picture:
+        assert picture.size[1] == 72  # the crop the model saw, at the image's own scale
+
+
+def test_sources_from_lists_csv_globs_parquet_paths_and_bytes(tmp_path, images):
+    (tmp_path / "list.txt").write_text(f"# two images\n{images[0]}\n\n{images[1]}\n")
+    (tmp_path / "list.csv").write_text(f"label,path\nx,{images[2]}\ny,{images[3]}\n")
+    pq.write_table(pa.table({"path": [str(images[4])]}), tmp_path / "paths.parquet")
+    pq.write_table(pa.table({"image": [images[5].read_bytes()]}), tmp_path / "bytes.parquet")
+    hf = pa.table({"image": pa.array([{"bytes": images[6].read_bytes(), "path": "x.png"}])})
+    (tmp_path / "hf").mkdir()
+    pq.write_table(hf, tmp_path / "hf" / "train-0.parquet")
+    found = [s.id for s in list_sources([str(tmp_path / "list.txt"), str(tmp_path / "list.csv"),
+                                         str(tmp_path / "paths.parquet"), str(tmp_path / "bytes.parquet"),
+                                         str(tmp_path / "hf"), str(tmp_path / "images" / "img00[7-8].png"),
+                                         f"file://{images[9]}", str(images[0])])]
+    assert found == [str(p) for p in images[:5]] + [f"{tmp_path / 'bytes.parquet'}#0", f"{tmp_path / 'hf'}#0"] + \
+        [str(images[7]), str(images[8]), f"file://{images[9]}"]
+    summary = explain_dataset([str(tmp_path / "bytes.parquet"), str(tmp_path / "hf"), f"file://{images[9]}"],
+                              str(tmp_path / "out"))
+    assert summary.explained == 3 and summary.ok
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["/no/such/folder/*.png"], "no file matches"),
+    (["{tmp}/empty"], "holds no image files"),
+    (["{tmp}/missing.txt"], "does not exist"),
+    (["{tmp}/plain.parquet"], "neither a 'path' column"),
+])
+def test_sources_that_name_nothing_stop_the_job_before_work(tmp_path, arguments, message):
+    (tmp_path / "empty").mkdir()
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "plain.parquet")
+    with pytest.raises(SourceError, match=message):
+        explain_dataset([a.format(tmp=tmp_path) for a in arguments], str(tmp_path / "out"))
+
+
+def test_bad_settings_are_refused_before_any_work(tmp_path, images):
+    with pytest.raises(OptionError, match="unknown engine"):
+        explain_dataset([str(images[0])], str(tmp_path / "out"), engine="spark")
+    with pytest.raises(OptionError, match="unknown reduction"):
+        explain_dataset([str(images[0])], str(tmp_path / "out"), reduce="mean")
+    assert not (tmp_path / "out").exists()
+
+
+_KILLABLE = """
+import sys
+from saliency.batch import explain_dataset
+explain_dataset([sys.argv[1]], sys.argv[2], methods=["guided", "vanilla", "deconvnet"], batch_size=2, shard_size=3)
+"""
+
+
+def test_a_job_killed_mid_way_and_rerun_has_every_source_exactly_once(tmp_path):
+    images = write_images(tmp_path / "images", 60)
+    out = tmp_path / "out"
+    job = subprocess.Popen([sys.executable, "-c", _KILLABLE, str(tmp_path / "images"), str(out)])
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(list(out.glob("part-*.parquet"))) < 3:
+            time.sleep(0.05)
+        assert job.poll() is None, "the job ended before it could be killed; give it more images"
+        job.send_signal(signal.SIGKILL)
+        job.wait(30)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    written = sources_in(out)
+    assert 0 < len(written) < 60
+    assert len(written) == len(set(written))
+    summary = explain_dataset([str(tmp_path / "images")], str(out), methods=["guided", "vanilla", "deconvnet"],
+                              batch_size=2, shard_size=3)
+    assert summary.skipped == len(written) and summary.explained == 60 - len(written)
+    assert Counter(sources_in(out)) == Counter({str(p): 1 for p in images})
+    assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
