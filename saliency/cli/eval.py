@@ -1,15 +1,11 @@
-"""``saliency eval``: run the sanity checks from the command line, print tables, write plots and JSON.
-
-``add_parser(subparsers)`` registers the subcommand; ``run(args)`` runs it. Errors are raised as
-:class:`~saliency.errors.SaliencyError`, which the ``saliency`` command prints as one line.
-"""
+"""``saliency eval``: run the sanity checks from the command line, print tables, write plots and JSON."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from saliency.cli import check_output, positive_int, seed_int, split_names
+from saliency.cli.options import check_output, examples, positive_int, seed_int, split_names
 
 DEFAULT_OUT = "saliency-eval"
 EXAMPLES = (
@@ -19,17 +15,17 @@ EXAMPLES = (
 )
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``eval`` on the ``saliency`` command's subparsers."""
     from saliency.evaluation.checks import CHECKS, DEFAULT_IMAGES
     from saliency.methods import METHODS
 
     summary = "sanity checks of the methods: randomisation, class sensitivity, localisation, faithfulness"
-    p = subparsers.add_parser(
+    p = commands.add_parser(
         "eval", help=summary, formatter_class=argparse.RawDescriptionHelpFormatter,
         description=summary[0].upper() + summary[1:] + ". Prints a table per check and writes plots, "
                     "tables.md and results.json.",
-        epilog="examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES))
+        epilog=examples(*EXAMPLES))
     p.set_defaults(run=run)
     p.add_argument("--model", default="demo", metavar="NAME",
                    help="demo, a torchvision name (resnet18) or pkg.module:factory (default: demo)")
