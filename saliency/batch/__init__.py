@@ -47,7 +47,7 @@ def explain_dataset(sources: Sequence[str], out: str, *, model: str | LoadedMode
                     reduce: str = "none", batch_size: int = 16, shard_size: int = DEFAULT_SHARD_SIZE,
                     png: str | os.PathLike | None = None, workers: int = 1, gpus_per_worker: float = 0,
                     address: str | None = None, device: str | None = None, max_pixels: int = MAX_PIXELS,
-                    progress: Callable[[int, int], None] | None = None, **model_options) -> Summary:
+                    progress: Callable[[int, int, int], None] | None = None, **model_options) -> Summary:
     """Explain every image ``sources`` name into the Parquet dataset ``out``; rerun to resume.
 
     ``sources``: image files, folders, globs, list files, Parquet tables, URIs (see
@@ -57,7 +57,7 @@ def explain_dataset(sources: Sequence[str], out: str, *, model: str | LoadedMode
     process) or ``"ray"`` (Ray Data; ``address`` joins a cluster, ``workers`` model actors with
     ``gpus_per_worker`` GPUs each). ``model_options``: ``weights``, ``labels``, ``input_size``,
     ``resize``, ``mean``, ``std`` as for :func:`saliency.models.load_model`.
-    ``max_pixels``: larger pictures are error rows. ``progress(images, failed)`` hears after each shard.
+    ``max_pixels``: larger pictures are error rows. ``progress(done, failed, total)`` hears at the start and after each shard (``total``: the sources to do now).
     """
     spec = _spec(model, methods, topk, targets, options, reduce, batch_size, png, device, engine, model_options)
     spec = dataclasses.replace(spec, max_pixels=max_pixels)
@@ -69,16 +69,24 @@ def explain_dataset(sources: Sequence[str], out: str, *, model: str | LoadedMode
     listed = list(list_sources(sources))
     todo = [s for s in listed if s.id not in done]
     summary = Summary(skipped=len(listed) - len(todo))
-    report = progress or (lambda images, failed: None)
+    counts = [0, 0]
+
+    def report(images: int, failed: int) -> None:
+        counts[0] += images
+        counts[1] += failed
+        if progress is not None:
+            progress(counts[0], counts[1], len(todo))
+
+    report(0, 0)
     if engine == "ray":
         from saliency.batch.ray_engine import run_ray
 
-        summary.explained, summary.failed = run_ray(spec, todo, store, shard_size, report, workers=workers,
-                                                    gpus_per_worker=gpus_per_worker, address=address)
+        summary.explained, summary.failed = run_ray(spec, loaded.preprocessing, todo, store, shard_size, report,
+                                                    workers=workers, gpus_per_worker=gpus_per_worker, address=address)
     else:
         from saliency.batch.local import run_local
 
-        summary.explained, summary.failed = run_local(spec, todo, store, shard_size, report)
+        summary.explained, summary.failed = run_local(spec, loaded, todo, store, shard_size, report)
     written = store.done()
     summary.missing = [s.id for s in todo if s.id not in written]
     return summary

@@ -9,15 +9,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from saliency.batch.sources import Source
 from saliency.batch.store import Store
 from saliency.batch.work import Decoded, JobSpec, Rows, decode, explain_decoded, write_pictures
+from saliency.models import LoadedModel
 
 Progress = Callable[[int, int], None]
 """``progress(images, failed)``: called as each shard is written."""
 
 
-def run_local(spec: JobSpec, sources: Iterable[Source], store: Store, shard_size: int,
+def run_local(spec: JobSpec, loaded: LoadedModel, sources: Iterable[Source], store: Store, shard_size: int,
               progress: Progress, decode_threads: int = 2) -> tuple[int, list[str]]:
-    """Explain ``sources`` into ``store``: returns (images explained, sources that failed)."""
-    loaded = spec.load()
+    """Explain ``sources`` into ``store`` with ``loaded`` (``spec``'s model): returns (images explained, sources that failed)."""
     classes = spec.classes(loaded)
     preprocessing = loaded.preprocessing
     explained, failed = 0, []

@@ -20,8 +20,16 @@ from saliency.batch.sources import Source
 from saliency.batch.store import Store
 from saliency.batch.work import Decoded, JobSpec, decode, explain_decoded, write_pictures
 from saliency.errors import SaliencyError
+from saliency.preprocess import Preprocessing
 
 INSTALL = "pip install 'saliency[ray]'"
+DECODE_CPUS = 0.5
+"""Logical CPUs a decode task asks for: decoding is light next to the model, and must never wait for the actors."""
+
+
+def worker_cpus(cluster_cpus: float, workers: int) -> float:
+    """Logical CPUs per model actor: one each, fewer where that would leave no room for a decode task."""
+    return max(0.1, min(1.0, (cluster_cpus - DECODE_CPUS) / workers))
 
 
 def require_ray() -> Any:
@@ -34,7 +42,8 @@ def require_ray() -> Any:
     return ray
 
 
-def run_ray(spec: JobSpec, sources: Sequence[Source], store: Store, shard_size: int, progress: Progress, *,
+def run_ray(spec: JobSpec, preprocessing: Preprocessing, sources: Sequence[Source], store: Store, shard_size: int,
+            progress: Progress, *,
             workers: int = 1, gpus_per_worker: float = 0, address: str | None = None) -> tuple[int, list[str]]:
     """Explain ``sources`` into ``store`` on a Ray cluster (joined at ``address``, else started here)."""
     ray = require_ray()
@@ -46,16 +55,17 @@ def run_ray(spec: JobSpec, sources: Sequence[Source], store: Store, shard_size: 
                                 f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     if not sources:
         return 0, []
-    preprocessing = spec.load().preprocessing
     items = [{"source": s.id, "data": s.data} for s in sources]
     dataset = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / shard_size)))
     decoded = dataset.map_batches(_decode_table, batch_size=shard_size, batch_format="pyarrow",
+                                  num_cpus=DECODE_CPUS,
                                   fn_kwargs={"preprocessing": preprocessing, "max_pixels": spec.max_pixels})
     summaries = decoded.map_batches(
         _Explainer, batch_size=shard_size, batch_format="pyarrow",
         fn_constructor_kwargs={"spec": spec, "dest": store.dest, "job": store.job, "gpus": gpus_per_worker},
         compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=gpus_per_worker or None,
-        max_restarts=-1, max_task_retries=-1)
+        num_cpus=worker_cpus(ray.cluster_resources().get("CPU", 1.0), workers))  # restarted after a lost node,
+    # and their calls retried, by Ray Data's defaults (max_restarts=-1, max_task_retries=-1)
     explained, failed = 0, []
     for summary in summaries.iter_batches(batch_size=None, batch_format="pyarrow"):
         counts = summary.column("explained").to_pylist()

@@ -1,4 +1,4 @@
-"""The ``saliency`` command: explain images, compare methods, evaluate them, list models, serve, train the demo."""
+"""The ``saliency`` command: explain images or whole datasets, compare methods, evaluate them, list models, serve, train the demo."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import warnings
 from collections.abc import Sequence
 
 from saliency import __version__
-from saliency.cli import compare, eval, explain, list_models, serve, train_demo
+from saliency.cli import batch, compare, eval, explain, list_models, serve, train_demo
 from saliency.cli.options import PROG, examples, fail
 from saliency.errors import SaliencyError
 
-COMMANDS = (explain, compare, eval, list_models, serve, train_demo)
+COMMANDS = (explain, compare, batch, eval, list_models, serve, train_demo)
 """The command modules, in the order ``saliency --help`` lists them; each has ``add_parser(commands)``,
-which registers its subcommand. A further command (``batch``) is its module imported above and named here."""
+which registers its subcommand. A further command is its module imported above and named here."""
 
 __all__ = ["COMMANDS", "PROG", "build_parser", "main"]
 
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                     f"{', '.join(METHODS)} (default model: the bundled demo, works offline).",
         epilog=examples("saliency explain examples/star.png",
                         "saliency compare examples/star.png --out compare.png",
+                        "saliency batch photos/ --out maps.parquet",
                         "saliency eval --n-images 8",
                         "saliency models",
                         "saliency serve --port 8000",

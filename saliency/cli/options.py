@@ -199,12 +199,13 @@ def load_model(args: argparse.Namespace) -> LoadedModel:
 
     device = getattr(args, "device", None)
     if device is not None:
-        _check_device(device)
+        check_device(device)
     return load_model(args.model, weights=args.weights, labels=args.labels, input_size=args.input_size,
                       resize=args.resize, mean=args.mean, std=args.std, device=device)
 
 
-def _check_device(device) -> None:
+def check_device(device) -> None:
+    """One clear error if torch cannot use ``device`` here."""
     import torch
 
     if device.type == "cuda" and not torch.cuda.is_available():
