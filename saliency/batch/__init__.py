@@ -17,7 +17,7 @@ from saliency.batch.store import Store, StoreError
 from saliency.batch.work import REDUCTIONS, JobSpec
 from saliency.errors import OptionError
 from saliency.images import MAX_PIXELS
-from saliency.methods import resolve_methods, resolve_options
+from saliency.methods import RULE_METHODS, resolve_methods, resolve_options
 from saliency.models import LoadedModel
 
 ENGINES = ("local", "ray")
@@ -42,7 +42,7 @@ class Summary:
 
 
 def explain_dataset(sources: Sequence[str], out: str, *, model: str | LoadedModel = "demo",
-                    methods: Sequence[str] = ("guided",), engine: str = "local", topk: int = 1,
+                    methods: Sequence[str] = RULE_METHODS, engine: str = "local", topk: int = 1,
                     targets: Sequence[str | int] = (), options: dict[str, str] | None = None,
                     reduce: str = "none", batch_size: int = 16, shard_size: int = DEFAULT_SHARD_SIZE,
                     png: str | os.PathLike | None = None, workers: int = 1, gpus_per_worker: float = 0,
