@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from saliency.batch.sources import Source
 from saliency.errors import SaliencyError
 from saliency.images import MAX_PIXELS, open_image
 from saliency.models import LoadedModel, load_model
+from saliency.names import slug
 from saliency.pipeline import Classes, Explained, explain_prepared, render
 from saliency.preprocess import Prepared, Preprocessing
 from saliency.render import DEFAULT_ALPHA, DEFAULT_CMAP, DEFAULT_PERCENTILE, save_png
@@ -147,7 +147,7 @@ def picture_name(source: str, method: str, label: str) -> str:
     """``STEM-HASH-METHOD-LABEL.png``: readable, and unique for sources that share a file name."""
     stem = os.path.splitext(os.path.basename(source.split("#")[0].rstrip("/")))[0] or "image"
     digest = hashlib.sha1(source.encode()).hexdigest()[:8]
-    return f"{_slug(stem)}-{digest}-{method}-{_slug(label)}.png"
+    return f"{slug(stem, 'image')}-{digest}-{method}-{slug(label)}.png"
 
 
 def _rows(d: Decoded, e: Explained, labels: Sequence[str], spec: JobSpec) -> list[dict[str, Any]]:
@@ -179,6 +179,3 @@ def _moved(loaded: LoadedModel, device: str) -> LoadedModel:
     loaded.module.to(torch.device(device))
     return loaded
 
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"

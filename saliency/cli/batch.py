@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from saliency.cli.options import (add_method_options, add_model_options, check_device, chosen_methods,
-                                  command, fail, number_between, positive_int)
+from saliency.cli.options import (add_class_options, add_method_options, add_model_options, check_device,
+                                  chosen_methods, command, fail, number_between, positive_int)
 
 SHOWN_FAILURES = 5
 
@@ -32,11 +32,7 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="the Parquet dataset to write (a folder or URI); sources already in it are skipped")
     add_model_options(p)
     add_method_options(p, "--method")
-    which = p.add_mutually_exclusive_group()
-    which.add_argument("--target", action="append", metavar="CLASS",
-                       help="class to explain, by label or index; repeat for several (default: the top-1 class)")
-    which.add_argument("--topk", type=positive_int, default=1, metavar="K",
-                       help="explain each image's K most probable classes (default: 1)")
+    add_class_options(p, topk_default=1)
     p.add_argument("--reduce", choices=REDUCTIONS, default="none",
                    help="none: raw signed maps, float32 [C,H,W]; max-abs: max over channels of |map|, "
                         "float16 [H,W] (a sixth of the size) (default: none)")

@@ -7,10 +7,10 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from saliency.cli.options import (PROG, OutputNames, SamplingBars, add_method_options, add_model_options,
-                                  add_render_options, chosen_methods, class_arg, command, convention,
-                                  expand_images, fail, load_model, positive_int, predictions, render_kwargs, slug,
-                                  writing)
+from saliency.cli.options import (PROG, OutputNames, SamplingBars, add_class_options, add_method_options,
+                                  add_model_options, add_render_options, chosen_methods, class_arg, command,
+                                  convention, expand_images, fail, load_model, positive_int, predictions,
+                                  render_kwargs, slug, writing)
 from saliency.errors import ImageError, SaliencyError, TargetError
 
 DEFAULT_OUT = "saliency-maps"
@@ -28,11 +28,7 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="image files, folders (their images; *.mask.* files skipped) or glob patterns")
     add_model_options(p)
     add_method_options(p, "--method")
-    which = p.add_mutually_exclusive_group()
-    which.add_argument("--target", action="append", metavar="CLASS",
-                       help="class to explain, by label or index; repeat for several (default: the top-1 class)")
-    which.add_argument("--topk", type=positive_int, metavar="K",
-                       help="explain each image's K most probable classes")
+    add_class_options(p)
     add_render_options(p, default_style="heatmap")
     p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
                    help=f"folder for the PNG files (default: {DEFAULT_OUT})")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from saliency.errors import ImageError, OptionError, SaliencyError
+from saliency.names import slug
 
 if TYPE_CHECKING:
     import torch
@@ -153,6 +153,16 @@ def add_method_options(p: argparse.ArgumentParser, flag: str) -> None:
 
 # --- reading the options -----------------------------------------------------------------------
 
+def add_class_options(p: argparse.ArgumentParser, topk_default: int | None = None) -> None:
+    """``--target CLASS`` (repeatable) or ``--topk K``: which classes each image is explained for."""
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--target", action="append", metavar="CLASS",
+                       help="class to explain, by label or index; repeat for several (default: the top-1 class)")
+    shown = f" (default: {topk_default})" if topk_default is not None else ""
+    which.add_argument("--topk", type=positive_int, default=topk_default, metavar="K",
+                       help=f"explain each image's K most probable classes{shown}")
+
+
 def chosen_methods(names: str, pairs: list[str]) -> tuple[list[str], dict[str, str]]:
     """The method names a command was given, and its ``KEY=VALUE`` options checked against them."""
     from saliency.methods import resolve_methods, resolve_options
@@ -266,11 +276,6 @@ class OutputNames:
             candidate = f"{stem}-{n}{suffix}"
         self.used.add(candidate)
         return candidate
-
-
-def slug(label: str) -> str:
-    """A class label as a piece of a file name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_") or "class"
 
 
 @contextmanager
