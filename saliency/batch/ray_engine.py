@@ -24,12 +24,17 @@ from saliency.preprocess import Preprocessing
 
 INSTALL = "pip install 'saliency[ray]'"
 DECODE_CPUS = 0.5
-"""Logical CPUs a decode task asks for: decoding is light next to the model, and must never wait for the actors."""
+"""CPUs a decode task is counted as when sharing a cluster out: decoding is light next to the model."""
 
 
 def worker_cpus(cluster_cpus: float, workers: int) -> float:
     """Logical CPUs per model actor: one each, fewer where that would leave no room for a decode task."""
     return max(0.1, min(1.0, (cluster_cpus - DECODE_CPUS) / workers))
+
+
+def decode_tasks(cluster_cpus: float, workers: int) -> int:
+    """How many decode tasks run at once: as many as the CPUs the actors leave fit, at least one."""
+    return max(1, int((cluster_cpus - workers * worker_cpus(cluster_cpus, workers)) / DECODE_CPUS + 1e-9))
 
 
 def require_ray() -> Any:
@@ -57,14 +62,19 @@ def run_ray(spec: JobSpec, preprocessing: Preprocessing, sources: Sequence[Sourc
         return 0, []
     items = [{"source": s.id, "data": s.data} for s in sources]
     dataset = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / shard_size)))
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    # Decode tasks ask the scheduler for no CPU (a pool size bounds them instead): the actors hold their
+    # CPUs until the job ends, so after a lost node their restarts can take every CPU left, and a decode
+    # task that must run again (it ran there, or its output was stored there) would wait forever.
     decoded = dataset.map_batches(_decode_table, batch_size=shard_size, batch_format="pyarrow",
-                                  num_cpus=DECODE_CPUS,
+                                  num_cpus=0, compute=ray.data.TaskPoolStrategy(size=decode_tasks(cpus, workers)),
+                                  scheduling_strategy="DEFAULT",
                                   fn_kwargs={"preprocessing": preprocessing, "max_pixels": spec.max_pixels})
     summaries = decoded.map_batches(
         _Explainer, batch_size=shard_size, batch_format="pyarrow",
         fn_constructor_kwargs={"spec": spec, "dest": store.dest, "job": store.job, "gpus": gpus_per_worker},
         compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=gpus_per_worker or None,
-        num_cpus=worker_cpus(ray.cluster_resources().get("CPU", 1.0), workers))  # restarted after a lost node,
+        num_cpus=worker_cpus(cpus, workers))  # restarted after a lost node,
     # and their calls retried, by Ray Data's defaults (max_restarts=-1, max_task_retries=-1)
     explained, failed = 0, []
     for summary in summaries.iter_batches(batch_size=None, batch_format="pyarrow"):
