@@ -54,7 +54,7 @@ def run_ray(spec: JobSpec, preprocessing: Preprocessing, sources: Sequence[Sourc
     ray = require_ray()
     if not ray.is_initialized():
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise SaliencyError(f"cannot join the Ray cluster at {address or 'a new local one'}: "
                                 f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
