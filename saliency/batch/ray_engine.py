@@ -10,6 +10,7 @@ Ray retries after losing a node rewrites the same shard instead of adding a seco
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,6 +36,12 @@ def worker_cpus(cluster_cpus: float, workers: int) -> float:
 def decode_tasks(cluster_cpus: float, workers: int) -> int:
     """How many decode tasks run at once: as many as the CPUs the actors leave fit, at least one."""
     return max(1, int((cluster_cpus - workers * worker_cpus(cluster_cpus, workers)) / DECODE_CPUS + 1e-9))
+
+
+def torch_threads(cluster_cpus: float, workers: int) -> int:
+    """Torch threads per model actor: its share of the cluster's CPUs (it asks the scheduler for fewer, to leave
+    decode tasks room; decoding is light and overlaps the model, as in the local engine)."""
+    return max(1, int(cluster_cpus // workers))
 
 
 def require_ray() -> Any:
@@ -72,7 +79,8 @@ def run_ray(spec: JobSpec, preprocessing: Preprocessing, sources: Sequence[Sourc
                                   fn_kwargs={"preprocessing": preprocessing, "max_pixels": spec.max_pixels})
     summaries = decoded.map_batches(
         _Explainer, batch_size=shard_size, batch_format="pyarrow",
-        fn_constructor_kwargs={"spec": spec, "dest": store.dest, "job": store.job, "gpus": gpus_per_worker},
+        fn_constructor_kwargs={"spec": spec, "dest": store.dest, "job": store.job, "gpus": gpus_per_worker,
+                               "threads": torch_threads(cpus, workers)},
         compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=gpus_per_worker or None,
         num_cpus=worker_cpus(cpus, workers))  # restarted after a lost node,
     # and their calls retried, by Ray Data's defaults (max_restarts=-1, max_task_retries=-1)
@@ -121,9 +129,10 @@ def _decode_table(table: Any, preprocessing: Any, max_pixels: int) -> Any:
 class _Explainer:
     """Ray actor: loads the model once, then explains and writes one shard per call."""
 
-    def __init__(self, spec: JobSpec, dest: str, job: dict, gpus: float) -> None:
+    def __init__(self, spec: JobSpec, dest: str, job: dict, gpus: float, threads: int) -> None:
         import torch
 
+        torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))  # Ray sets OMP_NUM_THREADS to the CPUs asked
         self.spec = spec
         self.loaded = spec.load("cuda" if gpus and torch.cuda.is_available() else None)
         self.classes = spec.classes(self.loaded)
