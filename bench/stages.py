@@ -12,7 +12,6 @@ The model's own rate is bench/batch.py's "limit" (CPU) and bench/methods.py's (G
 from __future__ import annotations
 
 import argparse
-import io
 import shutil
 import tempfile
 import time
@@ -20,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter
+
+from batch import photo_jpeg  # bench/batch.py: the same photo-like JPEGs
 
 from saliency.batch.sources import Source
 from saliency.batch.store import Store
@@ -28,20 +28,11 @@ from saliency.batch.work import decode
 from saliency.preprocess import Preprocessing
 
 
-def jpeg(size: int, seed: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    coarse = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((size, size), Image.BICUBIC)
-    noise = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).filter(ImageFilter.GaussianBlur(2))
-    buffer = io.BytesIO()
-    Image.blend(coarse, noise, 0.3).save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
-
-
 def decode_rate(folder: Path, count: int, size: int) -> float:
     paths = []
     for i in range(count):
         path = folder / f"{i:04d}.jpg"
-        path.write_bytes(jpeg(size, i))
+        path.write_bytes(photo_jpeg(size, i))
         paths.append(str(path))
     preprocessing = Preprocessing(crop=224, resize=256)
     for path in paths[:8]:
