@@ -18,7 +18,7 @@ import numpy as np
 
 from saliency.batch.local import Progress
 from saliency.batch.sources import Source
-from saliency.batch.store import TEMP_PREFIX, Store
+from saliency.batch.store import Store
 from saliency.batch.work import Decoded, JobSpec, decode, explain_decoded, write_pictures
 from saliency.errors import SaliencyError
 from saliency.preprocess import Preprocessing
@@ -92,21 +92,8 @@ def run_ray(spec: JobSpec, preprocessing: Preprocessing, sources: Sequence[Sourc
         explained += sum(counts)
         failed += errors
         progress(sum(counts) + len(errors), len(errors))
-    _clear_temporary(store)
+    store.clear_temporary()  # a writer killed with a lost node left one; Ray retried its call, which wrote it whole
     return explained, failed
-
-
-def _clear_temporary(store: Store) -> None:
-    """Delete what writers killed with a lost node left half-written: Ray retried their calls, which wrote
-    those shards whole, and a job that ends well leaves nothing behind (a failed one: the rerun clears it)."""
-    from pyarrow import fs
-
-    for info in store.filesystem.get_file_info(fs.FileSelector(store.root, allow_not_found=True)):
-        if info.base_name.startswith(TEMP_PREFIX):
-            try:
-                store.filesystem.delete_file(info.path)
-            except OSError:
-                pass
 
 
 def _decode_table(table: Any, preprocessing: Any, max_pixels: int) -> Any:

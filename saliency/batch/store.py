@@ -77,9 +77,13 @@ class Store:
             changed = sorted(k for k in set(recorded) | set(self.job) if recorded.get(k) != self.job.get(k))
             raise StoreError(f"--out '{self.dest}' holds the results of another job (it differs in "
                              f"{', '.join(changed)}); rerun with the same settings to resume, or choose another --out")
+        self.clear_temporary()
+
+    def clear_temporary(self) -> None:
+        """Delete the temporary files of writers that were killed mid-write (their shards are redone or retried)."""
         for info in self.filesystem.get_file_info(_selector(self.root)):
             if info.base_name.startswith(TEMP_PREFIX):
-                self.filesystem.delete_file(info.path)
+                _delete_quietly(self.filesystem, info.path)
 
     def done(self) -> set[str]:
         """The sources that already have rows in DEST."""
@@ -100,7 +104,7 @@ class Store:
         table = self.table(rows)
         digest = hashlib.sha1("\n".join(sorted({r["source"] for r in rows})).encode()).hexdigest()[:20]
         name = f"part-{digest}.parquet"
-        temp = f"{self.root}/{TEMP_PREFIX}{uuid.uuid4().hex}-{name}"
+        temp = self._temporary(name)
         try:
             pq.write_table(table, temp, filesystem=self.filesystem, compression="zstd")
             self.filesystem.move(temp, f"{self.root}/{name}")
@@ -122,6 +126,10 @@ class Store:
                 columns[field.name] = pa.array(values, type=field.type)
         return pa.table(columns, schema=self.schema)
 
+    def _temporary(self, name: str) -> str:
+        """A hidden, unique path in DEST to write ``name`` under before it is renamed into place."""
+        return f"{self.root}/{TEMP_PREFIX}{uuid.uuid4().hex}-{name}"
+
     def _shards(self) -> list[str]:
         return sorted(i.path for i in self.filesystem.get_file_info(_selector(self.root))
                       if i.base_name.endswith(".parquet") and not i.base_name.startswith((".", "_")))
@@ -136,7 +144,7 @@ class Store:
             raise StoreError(f"cannot read '{self.dest}/{JOB_FILE}': {exc}; choose another --out") from None
 
     def _write_atomic(self, name: str, data: bytes) -> None:
-        temp = f"{self.root}/{TEMP_PREFIX}{uuid.uuid4().hex}-{name}"
+        temp = self._temporary(name)
         try:
             with self.filesystem.open_output_stream(temp) as stream:
                 stream.write(data)
