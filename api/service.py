@@ -15,9 +15,8 @@ import torch
 
 from saliency.api.errors import RequestError
 from saliency.api.parsing import ExplainRequest
-from saliency.images import open_image
 from saliency.models import LoadedModel
-from saliency.pipeline import Classes, explain_prepared, render
+from saliency.pipeline import Classes, explain_prepared, prepare, render
 from saliency.render import DEFAULT_CMAP, DEFAULT_PERCENTILE, convention
 
 TOP_PREDICTIONS = 5
@@ -86,14 +85,11 @@ def run(model: LoadedModel, req: ExplainRequest, max_pixels: int, max_render_pix
     """
     timer = Timer()
     fixed_target = None if req.target is None else model.class_index(req.target)
-    images, prepared = [], []
+    prepared = []
     for data in req.images:  # one at a time, so that a request over the drawing limit stops early
-        with timer.stage("decode"):
-            images.append(open_image(data, max_pixels=max_pixels))
-        with timer.stage("preprocess"):
-            prepared.append(model.prepare(images[-1]))
+        prepared.append(prepare(model, data, max_pixels=max_pixels, stage=timer.stage))
         if max_render_pixels is not None:
-            _check_drawing(req, images, prepared, len(model.labels), max_render_pixels)
+            _check_drawing(req, prepared, len(model.labels), max_render_pixels)
     classes = Classes(fixed=() if fixed_target is None else (fixed_target,), topk=req.topk)
     explained, report = explain_prepared(model, prepared, req.methods, classes, dict(req.options), stage=timer.stage)
     pictures = []
@@ -102,7 +98,7 @@ def run(model: LoadedModel, req: ExplainRequest, max_pixels: int, max_render_pix
         with timer.stage("encode"):
             raw = explained[drawn.image].maps[drawn.rank][drawn.method].numpy()
             pictures.append(ServicePicture(drawn.image, drawn.method, drawn.target, drawn.png(), raw))
-    return Outcome(request=req, sizes=[im.size for im in images], boxes=[tuple(p.box) for p in prepared],
+    return Outcome(request=req, sizes=[p.image.size for p in prepared], boxes=[tuple(p.box) for p in prepared],
                    probabilities=torch.stack([e.probabilities for e in explained]),
                    targets=[e.targets for e in explained], pictures=pictures, warnings=report.warnings,
                    activations=report.activations, method_seconds=report.seconds, timer=timer)
@@ -160,10 +156,10 @@ def _class(index: int, probabilities: torch.Tensor, labels: Sequence[str]) -> di
     return {"index": index, "label": label, "probability": round(float(probabilities[index]), 6)}
 
 
-def _check_drawing(req: ExplainRequest, images: list, prepared: list, classes: int, limit: int) -> None:
+def _check_drawing(req: ExplainRequest, prepared: list, classes: int, limit: int) -> None:
     per_map = 0
-    for image, p in zip(images, prepared):
-        x0, y0, x1, y1 = (0, 0, *image.size) if req.style == "overlay" else p.box
+    for p in prepared:
+        x0, y0, x1, y1 = (0, 0, *p.image.size) if req.style == "overlay" else p.box
         per_map += (x1 - x0) * (y1 - y0)
     maps = (1 if req.target is not None else min(req.topk, classes)) * len(req.methods)
     if per_map * maps > limit:

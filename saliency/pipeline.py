@@ -20,7 +20,7 @@ from saliency.engine import explain_classes
 from saliency.errors import SaliencyError
 from saliency.images import MAX_PIXELS, ImageSource, open_image
 from saliency.models import LoadedModel
-from saliency.preprocess import Prepared
+from saliency.preprocess import Prepared, Preprocessing
 from saliency.render import render_batch, to_png
 
 Stage = Callable[[str], AbstractContextManager]
@@ -89,9 +89,16 @@ class Picture:
         return to_png(self.picture, dict(text) if text else None)
 
 
-def prepare(model: LoadedModel, source: ImageSource, *, max_pixels: int = MAX_PIXELS) -> Prepared:
-    """Decode ``source`` (a path, bytes or a binary file) and turn it into ``model``'s input."""
-    return model.prepare(open_image(source, max_pixels=max_pixels))
+def prepare(model: LoadedModel | Preprocessing, source: ImageSource, *, max_pixels: int = MAX_PIXELS,
+            stage: Stage = _no_stage) -> Prepared:
+    """Decode ``source`` (a path, bytes or a binary file) and turn it into ``model``'s input.
+
+    ``model`` may be just its :class:`~saliency.preprocess.Preprocessing` (what a decode worker holds).
+    """
+    with stage("decode"):
+        image = open_image(source, max_pixels=max_pixels)
+    with stage("preprocess"):
+        return model.prepare(image)
 
 
 def prepare_each(model: LoadedModel, sources: Sequence[ImageSource], *,
@@ -129,11 +136,8 @@ def explain_prepared(model: LoadedModel, prepared: Sequence[Prepared], methods: 
     for indices in groups_by_shape(prepared):
         x = torch.cat([prepared[i].tensor for i in indices])
         with stage("explain"):
-            if classes.fixed:
-                results = explain_classes(model.module, x, methods, list(classes.fixed), options=options,
-                                          progress=progress)
-            else:
-                results = explain_classes(model.module, x, methods, topk=count, options=options, progress=progress)
+            results = explain_classes(model.module, x, methods, list(classes.fixed),
+                                      topk=None if classes.fixed else count, options=options, progress=progress)
             probabilities = results[0].probabilities.detach().float().cpu()
             targets = torch.stack([r.targets for r in results], dim=1).cpu().tolist()   # [B, classes]
             maps = [{m: r[m].detach().float().cpu() for m in methods} for r in results]

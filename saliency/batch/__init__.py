@@ -83,12 +83,12 @@ def explain_dataset(sources: Sequence[str], out: str, *, model: str | LoadedMode
 
         summary.explained, summary.failed = run_ray(spec, loaded.preprocessing, todo, store, shard_size, report,
                                                     workers=workers, gpus_per_worker=gpus_per_worker, address=address)
+        written = store.done()  # a shard lost with a node that Ray did not retry (a local run raises instead)
+        summary.missing = [s.id for s in todo if s.id not in written]
     else:
         from saliency.batch.local import run_local
 
         summary.explained, summary.failed = run_local(spec, loaded, todo, store, shard_size, report)
-    written = store.done()
-    summary.missing = [s.id for s in todo if s.id not in written]
     return summary
 
 

@@ -23,10 +23,9 @@ def run_local(spec: JobSpec, loaded: LoadedModel, sources: Iterable[Source], sto
     explained, failed = 0, []
     with ThreadPoolExecutor(decode_threads, thread_name_prefix="decode") as decoders, \
             ThreadPoolExecutor(1, thread_name_prefix="write") as writer:
-        ahead: deque[list[Future[Decoded]]] = deque()
         writing: Future | None = None
         shards = _chunks(sources, shard_size)
-        for shard in _prefetched(shards, ahead, lambda s: decoders.submit(decode, s, preprocessing, spec.max_pixels)):
+        for shard in _prefetched(shards, lambda s: decoders.submit(decode, s, preprocessing, spec.max_pixels)):
             rows = explain_decoded(loaded, [f.result() for f in shard], spec, classes)
             if writing is not None:
                 _account(writing.result(), progress)  # one shard in memory while the next is explained
@@ -48,9 +47,10 @@ def _account(rows: Rows, progress: Progress) -> None:
     progress(rows.explained + len(rows.failed), len(rows.failed))
 
 
-def _prefetched(shards: Iterator[list[Source]], ahead: deque, submit: Callable[[Source], Future],
-                depth: int = 2) -> Iterator[list[Future]]:
+def _prefetched(shards: Iterator[list[Source]], submit: Callable[[Source], Future[Decoded]],
+                depth: int = 2) -> Iterator[list[Future[Decoded]]]:
     """Shards of decode futures, ``depth`` shards submitted ahead of the one being explained."""
+    ahead: deque[list[Future[Decoded]]] = deque()
     for shard in shards:
         ahead.append([submit(s) for s in shard])
         if len(ahead) > depth:

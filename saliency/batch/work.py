@@ -14,10 +14,10 @@ import torch
 
 from saliency.batch.sources import Source
 from saliency.errors import SaliencyError
-from saliency.images import MAX_PIXELS, open_image
+from saliency.images import MAX_PIXELS
 from saliency.models import LoadedModel, load_model
 from saliency.names import slug
-from saliency.pipeline import Classes, Explained, explain_prepared, render
+from saliency.pipeline import Classes, Explained, explain_prepared, prepare, render
 from saliency.preprocess import Prepared, Preprocessing
 from saliency.render import DEFAULT_ALPHA, DEFAULT_CMAP, DEFAULT_PERCENTILE, save_png
 
@@ -91,12 +91,11 @@ class Decoded:
 def decode(source: Source, preprocessing: Preprocessing, max_pixels: int = MAX_PIXELS) -> Decoded:
     """Read, decode and prepare one source; any problem with it becomes its one-line ``error``."""
     try:
-        image = open_image(source.read(), max_pixels=max_pixels)
-        prepared = preprocessing.prepare(image)
+        prepared = prepare(preprocessing, source.read(), max_pixels=max_pixels)
     except SaliencyError as exc:
         return Decoded(source.id, error=str(exc))
-    tensor = prepared.tensor[0].numpy()
-    return Decoded(source.id, tensor, image.width, image.height, tuple(int(v) for v in prepared.box))
+    width, height = prepared.image.size
+    return Decoded(source.id, prepared.tensor[0].numpy(), width, height, tuple(int(v) for v in prepared.box))
 
 
 @dataclass
@@ -132,15 +131,15 @@ def write_pictures(rows: Sequence[Mapping[str, Any]], spec: JobSpec, model_name:
         return
     folder = Path(spec.png)
     good = [r for r in rows if r.get("error") is None]
-    for method in spec.methods:
-        explained = [Explained(prepared=Prepared(torch.zeros(0), None, r["_box"]), probabilities=torch.zeros(0),
-                               targets=[r["target"]], maps=[{method: _as_chw(r[f"map_{method}"], r["map_shape"])}])
-                     for r in good]
-        for drawn in render(explained, [method], "heatmap", alpha=DEFAULT_ALPHA, cmap=DEFAULT_CMAP,
-                            percentile=DEFAULT_PERCENTILE):
-            row = good[drawn.image]
-            save_png(drawn.picture, folder / picture_name(row["source"], method, row["label"]),
-                     {"method": method, "target": row["label"], "model": model_name, "source": row["source"]})
+    explained = [Explained(prepared=Prepared(torch.zeros(0), None, r["_box"]), probabilities=torch.zeros(0),
+                           targets=[r["target"]],
+                           maps=[{m: _as_chw(r[f"map_{m}"], r["map_shape"]) for m in spec.methods}])
+                 for r in good]
+    for drawn in render(explained, spec.methods, "heatmap", alpha=DEFAULT_ALPHA, cmap=DEFAULT_CMAP,
+                        percentile=DEFAULT_PERCENTILE):
+        row = good[drawn.image]
+        save_png(drawn.picture, folder / picture_name(row["source"], drawn.method, row["label"]),
+                 {"method": drawn.method, "target": row["label"], "model": model_name, "source": row["source"]})
 
 
 def picture_name(source: str, method: str, label: str) -> str:
