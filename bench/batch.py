@@ -34,7 +34,6 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before anythi
 
 import argparse
 import gc
-import io
 import logging
 import platform
 import random
@@ -48,9 +47,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageFilter
+from images import photo_jpeg  # bench/images.py
 
 import saliency
 from saliency.batch import DEFAULT_SHARD_SIZE, explain_dataset
@@ -61,16 +59,6 @@ from saliency.models import LoadedModel, load_model
 TARGET_LOCAL = 0.9   # local engine ≥ 0.9 × the limit
 TARGET_RAY = 0.8     # Ray engine ≥ 0.8 × the local engine
 VARIANTS = ("bare autograd", "limit", "local", "ray 1", "ray 2")
-
-
-def photo_jpeg(size: int, seed: int) -> bytes:
-    """A photo-like JPEG: smooth colour fields (coarse noise upsampled) with some blurred texture."""
-    rng = np.random.default_rng(seed)
-    coarse = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((size, size), Image.BICUBIC)
-    texture = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).filter(ImageFilter.GaussianBlur(2))
-    buffer = io.BytesIO()
-    Image.blend(coarse, texture, 0.3).save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
 
 
 def write_images(folder: Path, count: int, size: int) -> list[str]:

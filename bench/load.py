@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import os
 import socket
 import statistics
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import requests
-from PIL import Image, ImageFilter
+from images import photo_jpeg  # bench/images.py
 
 OVERHEAD_STAGES = ("decode", "preprocess", "render", "encode")
 
@@ -58,16 +57,6 @@ HEADER = ["model", "clients", "req/s", "p50 ms", "p99 ms", "explain ms", "overhe
 
 def percentile(sorted_values: list[float], p: float) -> float:
     return float(np.percentile(sorted_values, p)) if sorted_values else float("nan")
-
-
-def test_image(size: int = 224, seed: int = 0) -> bytes:
-    """A photo-like JPEG: smooth colour fields with some texture (not pure noise, not flat)."""
-    rng = np.random.default_rng(seed)
-    coarse = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((size, size), Image.BICUBIC)
-    texture = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).filter(ImageFilter.GaussianBlur(2))
-    buffer = io.BytesIO()
-    Image.blend(coarse, texture, 0.3).save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
 
 
 def one_request(url: str, image: bytes, method: str, fmt: str) -> tuple[float, dict[str, float]]:
@@ -148,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads per server")
     args = parser.parse_args(argv)
 
-    image = test_image(args.size)
+    image = photo_jpeg(args.size)
     runs: list[Run] = []
     if args.url:
         name = requests.get(f"{args.url}/v1/models", timeout=10).json()["serving"]["name"]

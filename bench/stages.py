@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from batch import photo_jpeg  # bench/batch.py: the same photo-like JPEGs
+from images import photo_jpeg  # bench/images.py: the same photo-like JPEGs
 
 from saliency.batch.sources import Source
 from saliency.batch.store import Store
@@ -77,7 +77,7 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="saliency-bench-stages-"))
     try:
         decoded = decode_rate(scratch, args.images, args.size)
-        print(f"| stage (one core) | rate |\n| --- | --- |")
+        print("| stage (one core) | rate |\n| --- | --- |")
         print(f"| decode + prepare, {args.size}×{args.size} JPEG → 224×224 input | {decoded:.0f} images/s |")
         for reduce in ("none", "max-abs"):
             rows, megabytes = write_rate(scratch, args.rows, reduce)

@@ -10,8 +10,9 @@ from pathlib import Path
 from saliency.cli.options import (PROG, OutputNames, SamplingBars, add_class_options, add_method_options,
                                   add_model_options, add_render_options, chosen_methods, class_arg, command,
                                   convention, expand_images, fail, load_model, positive_int, predictions,
-                                  render_kwargs, slug, writing)
+                                  render_kwargs, writing)
 from saliency.errors import ImageError, SaliencyError, TargetError
+from saliency.names import slug
 
 DEFAULT_OUT = "saliency-maps"
 

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from saliency.errors import ImageError, OptionError, SaliencyError
-from saliency.names import slug
 
 if TYPE_CHECKING:
     import torch
