@@ -10,6 +10,7 @@ import torch
 from flask import Flask
 
 import saliency
+from saliency.api.batching import Batcher
 from saliency.api.config import load_settings
 from saliency.api.errors import register_error_handlers
 from saliency.api.metrics import Metrics
@@ -42,7 +43,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     warm_up(model)
     log.info("serving model %s (%d classes), methods %s", model.name, len(model.labels), ", ".join(settings.methods))
     metrics = Metrics()
-    app.extensions[EXTENSION] = AppState(settings=settings, model=model, metrics=metrics)
+    batcher = Batcher(model, max_batch=settings.batch_size, delay=settings.batch_delay_ms / 1000,
+                      max_queue=settings.max_queue, queue_timeout=settings.queue_timeout, metrics=metrics)
+    app.extensions[EXTENSION] = AppState(settings=settings, model=model, metrics=metrics, batcher=batcher)
     metrics.install(app)
     register_error_handlers(app)
     app.register_blueprint(bp)

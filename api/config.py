@@ -39,14 +39,28 @@ class Settings:
     max_render_pixels: int = 200_000_000  #: most pixels of pictures one request may draw (maps × picture size)
     methods: tuple[str, ...] = METHODS  #: methods this server offers (a subset of the registry)
     default_method: str = "guided"      #: method used when a request names none (if offered)
-    threads: int = 4                    #: request threads per gunicorn worker
+    threads: int = 24                   #: request threads per gunicorn worker (more than max_queue + batch_size)
     workers: int = 1                    #: gunicorn worker processes (each loads the model once)
     torch_threads: int | None = None    #: torch intra-op threads per worker (None: torch's default)
     timeout: int = 120                  #: seconds before gunicorn restarts a silent worker
+    graceful_timeout: int | None = None  #: seconds requests in flight may finish after SIGTERM (None: timeout)
+    header_timeout: float = 10.0        #: seconds a client has to send a whole request head (else dropped)
+    body_timeout: float = 60.0          #: seconds a client has, after the head, to send the whole body
+    memory_budget_mb: float = 1024.0    #: most MB of pictures one worker decodes and draws at once (over: 413)
+    memory_wait: float = 5.0            #: seconds a request waits for room in the budget before a 503
+    batch_size: int = 8                 #: most images one model call explains, gathered across requests
+    batch_delay_ms: float = 5.0         #: longest a request waits for others to share its model call (0: off)
+    max_queue: int = 16                 #: most requests waiting for the model per worker (more: 503 at once)
+    queue_timeout: float = 30.0         #: seconds a request may wait for the model before a 503
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def shutdown_seconds(self) -> int:
+        """How long requests in flight may run on after SIGTERM: ``graceful_timeout``, else ``timeout``."""
+        return self.graceful_timeout or self.timeout
 
 
 def load_settings(config: Mapping[str, Any] | None = None,
@@ -76,11 +90,14 @@ def load_settings(config: Mapping[str, Any] | None = None,
 
 
 def _parse(name: str, raw: str) -> Any:
+    if name in SERVER_LIMITS:
+        return _server_limit(name, raw)
     try:
-        if name in ("max_upload_mb",):
+        if name in ("max_upload_mb", "batch_delay_ms", "queue_timeout"):
             return float(raw)
         if name in ("max_pixels", "max_images", "max_topk", "max_samples", "max_passes", "max_render_pixels",
-                    "threads", "workers", "torch_threads", "timeout", "input_size", "resize"):
+                    "threads", "workers", "torch_threads", "timeout", "input_size", "resize", "batch_size",
+                    "max_queue"):
             return int(raw)
     except ValueError:
         raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be a number, got {raw!r}") from None
@@ -89,6 +106,20 @@ def _parse(name: str, raw: str) -> Any:
     if name in ("mean", "std"):
         return _channel_values(name, raw.split(","), raw)
     return raw
+
+
+#: Settings of the server itself (deadlines, shutdown, memory): positive numbers.
+SERVER_LIMITS = ("graceful_timeout", "header_timeout", "body_timeout", "memory_budget_mb", "memory_wait")
+
+
+def _server_limit(name: str, raw: Any) -> float | int:
+    try:
+        value = int(raw) if name == "graceful_timeout" else float(raw)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be a positive number, got {raw!r}")
+    return value
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -115,9 +146,15 @@ def _channel_values(name: str, parts: list[Any], raw: Any) -> tuple[float, ...]:
 
 def _check(settings: Settings) -> None:
     for name in ("max_upload_mb", "max_pixels", "max_images", "max_topk", "max_samples", "max_passes",
-                 "max_render_pixels", "threads", "workers", "timeout"):
-        if getattr(settings, name) <= 0:
+                 "max_render_pixels", "threads", "workers", "timeout", "batch_size", "max_queue", "queue_timeout"):
+        if not getattr(settings, name) > 0:
             raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be positive, got {getattr(settings, name)}")
+    if not 0 <= settings.batch_delay_ms <= 10_000:
+        raise ConfigError(f"{ENV_PREFIX}BATCH_DELAY_MS must be from 0 (no batching) to 10000, "
+                          f"got {settings.batch_delay_ms}")
+    for name in SERVER_LIMITS:
+        if getattr(settings, name) is not None:
+            _server_limit(name, getattr(settings, name))
     for name in ("input_size", "resize"):
         value = getattr(settings, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):

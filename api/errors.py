@@ -6,14 +6,16 @@ import logging
 import re
 
 from flask import Flask, Response, jsonify
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from saliency import errors
+from saliency.api.batching import Overloaded
 
 log = logging.getLogger("saliency.api")
 
 #: HTTP status per library error (the first matching base class wins); other SaliencyErrors: 400.
 STATUS: tuple[tuple[type[errors.SaliencyError], int], ...] = (
+    (Overloaded, 503),
     (errors.UnknownModelError, 404),
     (errors.NoReluError, 422),
     (errors.ModelOutputError, 422),
@@ -67,12 +69,15 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(errors.SaliencyError)
     def _saliency_error(exc: errors.SaliencyError) -> Response:
-        return error_response(error_code(exc), str(exc), error_status(exc))
+        response = error_response(error_code(exc), str(exc), error_status(exc))
+        if isinstance(exc, Overloaded):
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
         detail = exc.description or exc.name
-        if exc.code == 413:
+        if exc.code == 413 and exc.description == RequestEntityTooLarge.description:  # werkzeug's own
             limit = app.config.get("MAX_CONTENT_LENGTH")
             detail = f"the upload is larger than this server accepts ({limit / 1024 / 1024:.3g} MB); send a smaller image"
         response = error_response(error_code(exc), detail, exc.code or 500)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import time
 
 from flask import Flask, Response, g, request
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 
 
 class Metrics:
-    """Requests, errors, request latency per route and explain latency per saliency method."""
+    """Requests, errors, request latency per route, explain latency per saliency method, and batching."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -25,6 +27,13 @@ class Metrics:
                                         "Backward-pass time of one saliency method for one batch.",
                                         ("method",), buckets=LATENCY_BUCKETS, registry=self.registry)
         self.images = Counter("saliency_images_explained", "Images explained.", registry=self.registry)
+        self.batch_size = Histogram("saliency_batch_size", "Images explained together in one model call.",
+                                    buckets=BATCH_BUCKETS, registry=self.registry)
+        self.queue_wait = Histogram("saliency_queue_wait_seconds",
+                                    "Time a request waited in its worker's queue for the model.",
+                                    buckets=WAIT_BUCKETS, registry=self.registry)
+        self.queue_depth = Gauge("saliency_queue_depth", "Requests waiting for the model in this worker now.",
+                                 registry=self.registry)
 
     def install(self, app: Flask) -> None:
         """Time every request and count its outcome."""
@@ -50,6 +59,12 @@ class Metrics:
             if method != "forward":
                 self.method_latency.labels(method).observe(s)
         self.images.inc(images)
+
+    def observe_batch(self, images: int, waits: list[float]) -> None:
+        """One model call: how many images it explained, and how long each of its requests waited."""
+        self.batch_size.observe(images)
+        for seconds in waits:
+            self.queue_wait.observe(seconds)
 
     def exposition(self) -> Response:
         return Response(generate_latest(self.registry), content_type=CONTENT_TYPE_LATEST)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from saliency.api.batching import Batcher
 from saliency.api.errors import RequestError
 from saliency.api.parsing import ExplainRequest
 from saliency.models import LoadedModel
@@ -28,6 +29,7 @@ class Timer:
 
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     started: float = field(default_factory=time.perf_counter)
+    batch_images: int = 0  #: images in the model call this request shared (0: not batched)
 
     def stage(self, name: str) -> "_Stage":
         return _Stage(self, name)
@@ -77,21 +79,34 @@ class Outcome:
     timer: Timer
 
 
-def run(model: LoadedModel, req: ExplainRequest, max_pixels: int, max_render_pixels: int | None = None) -> Outcome:
+def run(model: LoadedModel, req: ExplainRequest, max_pixels: int, max_render_pixels: int | None = None,
+        batcher: Batcher | None = None) -> Outcome:
     """Explain every image of ``req`` with ``model`` (a loaded model) through the pipeline.
 
     Refused before any work when its pictures, drawn at each image's size (the crop the model saw,
     or the whole image for overlays), would hold more than ``max_render_pixels`` pixels in all.
+    With a ``batcher``, the model call is shared with other requests queued there (each keeps its
+    own target or top-k); decoding, rendering and encoding stay in the calling thread.
     """
     timer = Timer()
     fixed_target = None if req.target is None else model.class_index(req.target)
+    if batcher is not None:
+        batcher.check_room()
     prepared = []
     for data in req.images:  # one at a time, so that a request over the drawing limit stops early
         prepared.append(prepare(model, data, max_pixels=max_pixels, stage=timer.stage))
         if max_render_pixels is not None:
             _check_drawing(req, prepared, len(model.labels), max_render_pixels)
-    classes = Classes(fixed=() if fixed_target is None else (fixed_target,), topk=req.topk)
-    explained, report = explain_prepared(model, prepared, req.methods, classes, dict(req.options), stage=timer.stage)
+    if batcher is None:
+        classes = Classes(fixed=() if fixed_target is None else (fixed_target,), topk=req.topk)
+        explained, report = explain_prepared(model, prepared, req.methods, classes, dict(req.options),
+                                             stage=timer.stage)
+    else:
+        answer = batcher.explain(prepared, req.methods, fixed_target, req.topk, dict(req.options))
+        explained, report = answer.explained, answer.report
+        timer.seconds["queue"] += answer.waited
+        timer.seconds["explain"] += sum(report.seconds.values())
+        timer.batch_images = answer.batch_images
     pictures = []
     for drawn in render(explained, req.methods, req.style, alpha=req.alpha, cmap=DEFAULT_CMAP,
                         percentile=DEFAULT_PERCENTILE, stage=timer.stage):
@@ -140,7 +155,8 @@ def to_json(outcome: Outcome, model: LoadedModel) -> dict[str, Any]:
         "results": results,
         "warnings": outcome.warnings,
         "activations": outcome.activations,
-        "timing": {**timing, "methods": {k: round(v, 6) for k, v in outcome.method_seconds.items()}},
+        "timing": {**timing, "methods": {k: round(v, 6) for k, v in outcome.method_seconds.items()},
+                   "batch_images": timer.batch_images or len(outcome.sizes)},
     }
 
 

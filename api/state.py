@@ -1,10 +1,12 @@
-"""What one app holds: its settings, its loaded model (shared by all request threads) and its metrics."""
+"""What one app holds: its settings, its loaded model (shared by all request threads), its metrics and its
+model thread (the batcher, which explains queued requests together)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from flask import current_app
 
+from saliency.api.batching import Batcher
 from saliency.api.config import Settings
 from saliency.api.metrics import Metrics
 from saliency.models import LoadedModel
@@ -17,6 +19,7 @@ class AppState:
     settings: Settings
     model: LoadedModel
     metrics: Metrics
+    batcher: Batcher
 
 
 def state() -> AppState:

@@ -8,7 +8,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 import saliency
 from saliency.api.openapi import openapi_document
-from saliency.api.parsing import parse_explain_request
+from saliency.api.parsing import ExplainRequest, parse_explain_request
 from saliency.api.service import Outcome, run, to_json
 from saliency.api.state import state
 from saliency.models import LoadedModel, available_models
@@ -27,14 +27,19 @@ def index() -> Response:
 def explain() -> Response:
     s = state()
     req = parse_explain_request(request, s.settings, s.model.name)
-    outcome = run(s.model, req, s.settings.max_pixels, s.settings.max_render_pixels)
-    s.metrics.observe_explanation(outcome.method_seconds, len(req.images))
+    outcome = explain_outcome(req)
     if req.format == "png":
         return _png_response(outcome, s.model)
     body = to_json(outcome, s.model)
     response = jsonify(body)
     response.headers["Server-Timing"] = _server_timing(body["timing"])
     return response
+
+
+def explain_outcome(req: ExplainRequest) -> Outcome:
+    """Explain a parsed request with the served model, through its worker's batcher: what every explain route calls."""
+    s = state()
+    return run(s.model, req, s.settings.max_pixels, s.settings.max_render_pixels, batcher=s.batcher)
 
 
 @bp.get("/v1/models")

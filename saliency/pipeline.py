@@ -33,9 +33,13 @@ def _no_stage(name: str) -> AbstractContextManager:
 
 @dataclass(frozen=True)
 class Classes:
-    """The classes explained for every picture: the ``fixed`` indices, else each picture's ``topk`` most probable."""
+    """The classes explained for every picture: the ``fixed`` ones, else each picture's ``topk`` most probable.
 
-    fixed: tuple[int, ...] = ()
+    An entry of ``fixed`` is one class index for every picture, or a tuple of one index per picture
+    (pictures gathered from several requests, each with its own target).
+    """
+
+    fixed: tuple[int | tuple[int, ...], ...] = ()
     topk: int = 1
 
     def per_image(self, num_classes: int) -> int:
@@ -136,7 +140,8 @@ def explain_prepared(model: LoadedModel, prepared: Sequence[Prepared], methods: 
     for indices in groups_by_shape(prepared):
         x = torch.cat([prepared[i].tensor for i in indices])
         with stage("explain"):
-            results = explain_classes(model.module, x, methods, list(classes.fixed),
+            fixed = [t if isinstance(t, int) else [t[i] for i in indices] for t in classes.fixed]
+            results = explain_classes(model.module, x, methods, fixed,
                                       topk=None if classes.fixed else count, options=options, progress=progress)
             probabilities = results[0].probabilities.detach().float().cpu()
             targets = torch.stack([r.targets for r in results], dim=1).cpu().tolist()   # [B, classes]

@@ -35,7 +35,7 @@ def test_default_target_is_each_samples_top1(net):
     assert torch.allclose(result.probabilities.sum(1), torch.ones(4))
 
 
-BATCH_INDEPENDENT = [m for m in saliency.METHODS if m != "smoothgrad"]  # its noise draws depend on the batch
+BATCH_INDEPENDENT = saliency.METHODS  # SmoothGrad too: each sample draws its own noise (seed + its values)
 
 
 def test_per_sample_targets_equal_one_sample_at_a_time(net):

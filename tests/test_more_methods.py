@@ -174,3 +174,18 @@ def test_gradcam_picks_the_last_conv_block_of_torchvision_models(name, layer):
 
 def test_gradcam_on_the_demo_model_reads_its_feature_block(demo):
     assert saliency.explain(demo, _inputs(64), "gradcam").layer == "features"
+
+
+def test_smoothgrad_noise_belongs_to_each_sample_not_to_its_batch(demo):
+    """A sample's SmoothGrad map is the same alone, beside other samples, anywhere in the batch, and
+    whatever ``batch_size`` splits the noisy copies: its noise is drawn from the seed and its own values."""
+    x = _inputs(64, batch=3)
+    options = {"samples": 5, "seed": 3}
+    alone = [saliency.explain(demo, x[i:i + 1], "smoothgrad", options=options)["smoothgrad"][0] for i in range(3)]
+    together = saliency.explain(demo, x, "smoothgrad", options=options)["smoothgrad"]
+    reversed_ = saliency.explain(demo, x.flip(0), "smoothgrad", options={**options, "batch_size": 4})["smoothgrad"]
+    for i in range(3):
+        torch.testing.assert_close(together[i], alone[i], rtol=1e-5, atol=1e-9)
+        torch.testing.assert_close(reversed_[2 - i], together[i], rtol=1e-5, atol=1e-9)
+    other_seed = saliency.explain(demo, x, "smoothgrad", options={**options, "seed": 4})["smoothgrad"]
+    assert not torch.allclose(other_seed, together, rtol=1e-3)
