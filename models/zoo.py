@@ -14,24 +14,34 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import torch
-import torchvision
 from torch import Tensor, nn
-from torchvision.models import WeightsEnum
 
 from saliency.errors import WeightsError
 from saliency.models.weights import RANDOM, apply_state_dict, downloads_allowed, read_state_dict
 from saliency.preprocess import Preprocessing
+
+if TYPE_CHECKING:
+    from torchvision.models import WeightsEnum
 
 _AUX_PREFIXES = {"inception_v3": ("AuxLogits.",), "googlenet": ("aux1.", "aux2.")}
 _DENSENET_OLD_KEY = re.compile(
     r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
 
 
+def _tv():
+    """``torchvision.models``, imported on first use: the bundled demo model never needs it."""
+    import torchvision.models
+
+    return torchvision.models
+
+
 @lru_cache(maxsize=1)
 def names() -> tuple[str, ...]:
     """Every torchvision classification architecture (``torchvision.models.list_models``)."""
-    return tuple(torchvision.models.list_models(module=torchvision.models))
+    return tuple(_tv().list_models(module=_tv()))
 
 
 def is_name(name: str) -> bool:
@@ -74,7 +84,7 @@ class ZooWeights:
 def weights_for(name: str, which: str | None = None) -> ZooWeights:
     """The default weights of ``name``, or its weights called ``which`` (e.g. ``IMAGENET1K_V1``)."""
     arch = name.lower()
-    enum_class = torchvision.models.get_model_weights(arch)
+    enum_class = _tv().get_model_weights(arch)
     if which is None or which.upper() == "DEFAULT":
         return ZooWeights(arch, enum_class.DEFAULT)
     known = ", ".join(m.name for m in enum_class if m.meta.get("categories"))
@@ -90,7 +100,7 @@ def weights_for(name: str, which: str | None = None) -> ZooWeights:
 
 def is_weights_name(name: str, which: str) -> bool:
     """Whether ``which`` names one of ``name``'s torchvision weights (``DEFAULT``, ``IMAGENET1K_V2``...)."""
-    enum_class = torchvision.models.get_model_weights(name.lower())
+    enum_class = _tv().get_model_weights(name.lower())
     return which.upper() == "DEFAULT" or which.upper() in enum_class.__members__
 
 
@@ -158,7 +168,7 @@ def _build(arch: str, chosen: ZooWeights, num_classes: int | None, *, pretrained
         kwargs["input_size"] = tuple(min_size)
     if arch in _AUX_PREFIXES:
         kwargs.update(aux_logits=aux, transform_input=pretrained, init_weights=not pretrained)
-    return torchvision.models.get_model(arch, weights=None, **kwargs)
+    return _tv().get_model(arch, weights=None, **kwargs)
 
 
 def _drop_aux(module: nn.Module, arch: str) -> None:

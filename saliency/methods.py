@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
-
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from saliency import rules
-from saliency.cam import gradcam
 from saliency.errors import OptionError, UnknownMethodError
-from saliency.passes import ForwardPass
 from saliency.rules import ReluRule
-from saliency.sampling import Progress, integrated_gradients, smoothgrad
 
-Attribute = Callable[[ForwardPass, Mapping[str, Any], Progress], Tensor]
+if TYPE_CHECKING:  # the registry itself imports neither torch nor Captum: the CLI's help reads it
+    from torch import Tensor
+
+    from saliency.passes import ForwardPass
+    from saliency.sampling import Progress
+
+Attribute = Callable[["ForwardPass", Mapping[str, Any], "Progress"], "Tensor"]
 
 
 @dataclass(frozen=True)
@@ -53,18 +54,26 @@ def _rule_method(rule: ReluRule) -> Attribute:
 
 
 def _gradcam(run: ForwardPass, options: Mapping[str, Any], progress: Progress) -> Tensor:
+    from saliency.cam import gradcam
+
     return gradcam(run).expand_as(run.leaf)
 
 
 def _guided_gradcam(run: ForwardPass, options: Mapping[str, Any], progress: Progress) -> Tensor:
+    from saliency.cam import gradcam
+
     return run.gradient(rules.guided) * gradcam(run)
 
 
 def _smoothgrad(run: ForwardPass, options: Mapping[str, Any], progress: Progress) -> Tensor:
+    from saliency.sampling import smoothgrad
+
     return smoothgrad(run, options["samples"], options["noise"], options["seed"], options["batch_size"], progress)
 
 
 def _integrated_gradients(run: ForwardPass, options: Mapping[str, Any], progress: Progress) -> Tensor:
+    from saliency.sampling import integrated_gradients
+
     return integrated_gradients(run, options["steps"], options["baseline"], options["quadrature"],
                                 options["batch_size"], progress)
 

@@ -20,17 +20,19 @@ import errno
 import io
 import os
 import secrets
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Sequence, Union
 
 import numpy as np
-import torch
 from PIL import Image, PngImagePlugin
 
 from saliency.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
     from saliency.preprocess import Prepared
 
 Style = Literal["heatmap", "overlay", "rgb"]
@@ -40,7 +42,7 @@ DEFAULT_CMAP = "inferno"
 DEFAULT_PERCENTILE = 99.0
 DEFAULT_ALPHA = 0.5
 
-ArrayLike = Union[torch.Tensor, np.ndarray]
+ArrayLike = Union["torch.Tensor", np.ndarray]
 
 
 def convention(style: str = DEFAULT_STYLE, *, percentile: float = DEFAULT_PERCENTILE,
@@ -214,7 +216,8 @@ def _percentile_name(percentile: float) -> str:
 
 
 def _as_maps(attribution: ArrayLike) -> np.ndarray:
-    if isinstance(attribution, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor means torch is imported; numpy maps need no torch
+    if torch is not None and isinstance(attribution, torch.Tensor):
         a = attribution.detach().to("cpu", torch.float32).numpy()
     else:
         a = np.asarray(attribution, dtype=np.float32)

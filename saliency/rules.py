@@ -16,22 +16,27 @@ overlapping windows receives every window's gradient.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:  # the rules are plain data until a backward pass calls them: importing this needs no torch
+    import torch
+    from torch import Tensor
 
-Gate = Callable[[Tensor], Tensor]
+Gate = Callable[["Tensor"], "Tensor"]
 """``gate(t) = t · [x in the open region]``: the forward pass's switch, applied to a gradient."""
 
 
 def relu_gate(x: Tensor) -> Gate:
     """The ReLU's switch: ``t ↦ t · [x > 0]``, computed as autograd's own ReLU backward computes it."""
+    import torch
+
     return lambda t: torch.ops.aten.threshold_backward(t, x, 0)
 
 
 def clipped_gate(x: Tensor, lo: float, hi: float) -> Gate:
     """A clipped ReLU's switch (ReLU6, hardtanh): ``t ↦ t · [lo < x < hi]``."""
+    import torch
+
     return lambda t: torch.where((x > lo) & (x < hi), t, 0.0)
 
 
@@ -70,6 +75,8 @@ def unpool_max(g: Tensor, switches: Tensor, input_shape: torch.Size, dims: int) 
     (``return_indices=True``), ``input_shape`` is the pooled tensor's shape and ``dims`` the number of
     pooled (spatial) dimensions: 1, 2 or 3. Leading dimensions (batch, channels) are planes.
     """
+    import torch
+
     planes = input_shape[: len(input_shape) - dims]
     r = g.new_zeros((*planes, torch.Size(input_shape[-dims:]).numel()))
     r.scatter_add_(-1, switches.flatten(start_dim=len(planes)), g.flatten(start_dim=len(planes)))

@@ -11,19 +11,32 @@ import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from saliency.batch.sources import Source, SourceError, list_sources
 from saliency.batch.store import Store, StoreError
-from saliency.batch.work import REDUCTIONS, JobSpec
 from saliency.errors import OptionError
 from saliency.images import MAX_PIXELS
 from saliency.methods import RULE_METHODS, resolve_methods, resolve_options
-from saliency.models import LoadedModel
+
+if TYPE_CHECKING:  # the work itself (torch, the models) is imported when a job starts, not for `--help`
+    from saliency.batch.work import JobSpec
+    from saliency.models import LoadedModel
 
 ENGINES = ("local", "ray")
 DEFAULT_SHARD_SIZE = 128
+REDUCTIONS = ("none", "max-abs")
 
 __all__ = ["ENGINES", "JobSpec", "Source", "SourceError", "StoreError", "Summary", "explain_dataset"]
+
+
+def __getattr__(name: str) -> Any:
+    """``JobSpec``, imported on first use."""
+    if name == "JobSpec":
+        from saliency.batch.work import JobSpec
+
+        return JobSpec
+    raise AttributeError(f"module 'saliency.batch' has no attribute {name!r}")
 
 
 @dataclass
@@ -96,6 +109,8 @@ def _spec(model, methods, topk, targets, options, reduce, batch_size, png, devic
           model_options) -> JobSpec:
     if engine not in ENGINES:
         raise OptionError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
+    from saliency.batch.work import JobSpec
+
     if reduce not in REDUCTIONS:
         raise OptionError(f"unknown reduction {reduce!r}; choose from {', '.join(REDUCTIONS)}")
     chosen = resolve_methods(methods)

@@ -22,7 +22,6 @@ from saliency.preprocess import Prepared, Preprocessing
 from saliency.render import DEFAULT_ALPHA, DEFAULT_CMAP, DEFAULT_PERCENTILE, save_png
 
 TOP_PREDICTIONS = 5
-REDUCTIONS = ("none", "max-abs")
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,7 @@ SHOWN_FAILURES = 5
 
 def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``batch`` on the ``saliency`` command's subparsers."""
-    from saliency.batch import DEFAULT_SHARD_SIZE, ENGINES
-    from saliency.batch.work import REDUCTIONS
+    from saliency.batch import DEFAULT_SHARD_SIZE, ENGINES, REDUCTIONS
 
     p = command(commands, "batch", run,
                 "explain every image of a dataset into a Parquet dataset (one row per image and class); "

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from saliency.cli.options import (PROG, SamplingBars, add_method_options, add_model_options, add_render_options,
-                                  chosen_methods, class_arg, command, convention, load_model, predictions,
-                                  render_kwargs, writing)
+                                  add_threads_option, chosen_methods, class_arg, command, convention, load_model,
+                                  predictions, render_kwargs, set_threads, writing)
 
 
 def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -24,6 +24,7 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--target", metavar="CLASS", help="class to explain, by label or index (default: the top-1 class)")
     add_render_options(p, default_style="heatmap")
     p.add_argument("--out", metavar="FILE", help="where to write the figure (default: IMAGE-STEM-compare.png)")
+    add_threads_option(p)
     return p
 
 
@@ -39,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     methods, options = chosen_methods(args.methods, args.option)
     style = render_kwargs(args)
     image = open_image(path)
+    set_threads(args)
     loaded = load_model(args)
     target = loaded.class_index(class_arg(args.target)) if args.target is not None else None
     prepared = loaded.prepare(image)

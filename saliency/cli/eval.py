@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from saliency.cli.options import check_output, examples, positive_int, seed_int, split_names
+from saliency.cli.options import (add_threads_option, check_output, examples, positive_int, seed_int, set_threads,
+                                  split_names)
 
 DEFAULT_OUT = "saliency-eval"
 EXAMPLES = (
@@ -44,6 +45,7 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "network of --weights random (default: 0)")
     p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
                    help=f"folder for results.json, tables.md and the plots (default: {DEFAULT_OUT})")
+    add_threads_option(p)
     return p
 
 
@@ -61,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     checks = resolve_checks(split_names(args.checks))
     check_output(args.out, folder=True)
     device = _device(args.device)
+    set_threads(args)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)  # --weights random: the same network for the same seed
         loaded = load_model(args.model, weights=args.weights, device=device)

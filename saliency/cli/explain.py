@@ -8,9 +8,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from saliency.cli.options import (PROG, OutputNames, SamplingBars, add_class_options, add_method_options,
-                                  add_model_options, add_render_options, chosen_methods, class_arg, command,
-                                  convention, expand_images, fail, load_model, positive_int, predictions,
-                                  render_kwargs, writing)
+                                  add_model_options, add_render_options, add_threads_option, chosen_methods,
+                                  class_arg, command, convention, expand_images, fail, load_model, positive_int,
+                                  predictions, render_kwargs, set_threads, writing)
 from saliency.errors import ImageError, SaliencyError, TargetError
 from saliency.names import slug
 
@@ -35,6 +35,7 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help=f"folder for the PNG files (default: {DEFAULT_OUT})")
     p.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
                    help="images per forward pass (default: 8)")
+    add_threads_option(p)
     return p
 
 
@@ -48,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     paths = expand_images(args.images)
     methods, options = chosen_methods(args.method, args.option)
     style = render_kwargs(args)
+    set_threads(args)
     loaded = load_model(args)
     fixed_targets = [loaded.class_index(class_arg(t)) for t in args.target or []]
     topk = args.topk or 1

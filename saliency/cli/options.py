@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 PROG = "saliency"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 TOP_PREDICTIONS = 3
+THREADS_VARIABLE = "SALIENCY_TORCH_THREADS"
+_THREADS_BEFORE: list[int] = []  # torch's thread count before set_threads changed it
 
 
 # --- argparse types ----------------------------------------------------------------------------
@@ -66,7 +68,8 @@ def _positive_channel_values(text: str) -> tuple[float, ...]:
     return values
 
 
-def _device(text: str):
+def device_arg(text: str):
+    """An argparse type: a ``torch.device`` (torch is imported only when the option is given)."""
     import torch
 
     try:
@@ -109,7 +112,7 @@ def add_model_options(p: argparse.ArgumentParser, default: str | None = "demo") 
                         "see 'saliency models'")
     p.add_argument("--weights", metavar="FILE", help="a state_dict / checkpoint file for the model")
     if default is not None:  # the service has its own device setting
-        p.add_argument("--device", type=_device, metavar="DEVICE",
+        p.add_argument("--device", type=device_arg, metavar="DEVICE",
                        help="torch device to run the model on: cpu, cuda, cuda:1, mps (default: cpu)")
     group = p.add_argument_group("your own model", "class names and preprocessing (default: the model's own;\n"
                                                    "for pkg.module:factory 224 px, ImageNet mean and std)")
@@ -122,6 +125,48 @@ def add_model_options(p: argparse.ArgumentParser, default: str | None = "demo") 
                        help="normalisation mean: one number for every channel, or three")
     group.add_argument("--std", type=_positive_channel_values, metavar="R,G,B",
                        help="normalisation standard deviation: one number for every channel, or three")
+
+
+def add_threads_option(p: argparse.ArgumentParser, flag: str = "--threads", default: str | None = None) -> None:
+    """``--threads N`` (``flag``): how many CPU threads torch runs the model on; ``default`` says what else."""
+    default = default or (f"${THREADS_VARIABLE} if set, else 1 for the bundled demo model and torch's own, "
+                          "one per core, for others")
+    p.add_argument(flag, type=positive_int, dest="torch_threads", metavar="N",
+                   help=f"CPU threads for torch (default: {default}; on a busy machine fewer is often faster)")
+
+
+def set_threads(args: argparse.Namespace) -> int | None:
+    """Apply ``--threads``, else ``$SALIENCY_TORCH_THREADS``, else 1 for a bundled model, to torch.
+
+    Returns the number set, or None (torch keeps its default). A bundled model is small enough that
+    more threads only wait on each other.
+    """
+    from saliency.models import BUNDLED
+
+    threads = getattr(args, "torch_threads", None)
+    if threads is None and os.environ.get(THREADS_VARIABLE, "").strip():
+        raw = os.environ[THREADS_VARIABLE].strip()
+        try:
+            threads = positive_int(raw)
+        except argparse.ArgumentTypeError as exc:
+            raise OptionError(f"${THREADS_VARIABLE}: {exc}") from None
+    if threads is None and getattr(args, "model", None) in BUNDLED:
+        threads = 1
+    if threads is not None:
+        import torch
+
+        _THREADS_BEFORE.append(torch.get_num_threads())
+        torch.set_num_threads(threads)
+    return threads
+
+
+def restore_threads() -> None:
+    """Undo :func:`set_threads` (``main`` does, so that a command run in-process leaves torch as it was)."""
+    if _THREADS_BEFORE:
+        import torch
+
+        torch.set_num_threads(_THREADS_BEFORE[0])
+        _THREADS_BEFORE.clear()
 
 
 def add_render_options(p: argparse.ArgumentParser, default_style: str) -> None:
