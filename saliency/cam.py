@@ -16,7 +16,7 @@ def gradcam(run: ForwardPass) -> Tensor:
     returned as ``[B, 1, H, W]`` (computed once per forward pass, shared with guided Grad-CAM).
     """
     if "gradcam" not in run.cache:
-        captured = run.layer.activation
+        captured = run.cam_layer.activation
         if captured is not None and not (isinstance(captured, Tensor) and captured.dim() == 4):
             shape = list(captured.shape) if isinstance(captured, Tensor) else type(captured).__name__
             raise OptionError(f"Grad-CAM needs a layer that returns a [batch, channels, height, width] feature map; "

@@ -19,6 +19,7 @@ from saliency.errors import (CompiledModelError, InputError, ModelOutputError, N
 from saliency.graph import REENTRANT_CHECKPOINT, GraphScan
 from saliency.methods import RULE_METHODS, Method, resolve_methods, resolve_options
 from saliency.passes import ForwardPass, Target
+from saliency.units import Unit, as_target
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,10 @@ class Explanation(Mapping[str, Tensor]):
     ``activations``: non-ReLU activations the model ran (name -> calls), which DeconvNet and guided
     backpropagation pass through as plain gradients; ``relu_calls`` / ``max_pool_calls``: calls the
     rules covered; ``seconds``: wall time of the forward pass and of each method; ``layer``: the
-    module Grad-CAM read, when one was asked for.
+    module Grad-CAM read, when one was asked for. ``unit``: the :class:`~saliency.Unit` explained
+    instead of a class (``targets`` is then −1 for every sample), with ``unit_values`` ``[B]``, its
+    value in each sample, and ``unit_positions`` ``[B, 2]``, its (row, column) in each sample
+    (``None`` for a whole channel).
     """
 
     maps: dict[str, Tensor]
@@ -41,6 +45,9 @@ class Explanation(Mapping[str, Tensor]):
     seconds: dict[str, float] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     layer: str | None = None
+    unit: Unit | None = None
+    unit_values: Tensor | None = None
+    unit_positions: Tensor | None = None
 
     def __getitem__(self, method: str) -> Tensor:
         return self.maps[method]
@@ -64,7 +71,8 @@ def explain(model: nn.Module, inputs: Tensor, methods: str | Sequence[str] = RUL
 
     ``methods``: names from :data:`saliency.METHODS`, one name, or ``"all"`` (default: the three
     ReLU rules). ``target``: ``None`` (each sample's top-1 class), one class index for the whole
-    batch, or one index per sample. ``options``: method parameters (``samples``, ``noise``,
+    batch, one index per sample, or a :class:`~saliency.Unit` of a layer (or its string form,
+    ``"features.28:12"``, ``"features.28:12@7,9"``, ``"features.28:12@max"``). ``options``: method parameters (``samples``, ``noise``,
     ``seed``, ``steps``, ``baseline``, ``layer`` …, see ``REGISTRY[name].options``).
     ``progress(method, done, total)`` hears from the sampling methods.
     The model runs in eval mode for the call and is left exactly as it was; the methods share one
@@ -86,6 +94,8 @@ def explain_classes(model: nn.Module, inputs: Tensor, methods: str | Sequence[st
     """
     chosen = resolve_methods(methods)
     settings = resolve_options(chosen, options)
+    targets = [as_target(t) for t in targets]
+    units = [t for t in targets if isinstance(t, Unit)] if topk is None else []
     x = _as_model_input(model, inputs)
     _check_layers_visible(model, chosen)
     if topk is not None and topk < 1:
@@ -96,8 +106,10 @@ def explain_classes(model: nn.Module, inputs: Tensor, methods: str | Sequence[st
     with _evaluation_mode(model), torch.inference_mode(False), torch.enable_grad():
         start = time.perf_counter()
         shared = frozenset().union(*(m.shared_passes for m in chosen))
+        units_only = bool(targets) and len(units) == len(targets)
         first = ForwardPass(model, x, None if topk is not None else targets[0],
-                            capture=_layer(model, settings, chosen), backward_passes=len(shared) * count)
+                            capture=_layer(model, settings, chosen, units_only), backward_passes=len(shared) * count,
+                            units=units)
         forward_seconds = time.perf_counter() - start
         classes = first.logits.shape[1]
         if topk is not None and topk > classes:
@@ -121,21 +133,34 @@ def explain_classes(model: nn.Module, inputs: Tensor, methods: str | Sequence[st
     return [Explanation(maps=maps, targets=run.targets, logits=first.logits.detach(),
                         activations=dict(nodes.other_activations), relu_calls=nodes.relu_calls,
                         max_pool_calls=nodes.max_pool_calls, seconds=seconds, warnings=notes,
-                        layer=first.layer_name)
+                        layer=run.layer_name if any(m.needs_layer for m in chosen) else first.layer_name,
+                        **_unit_fields(run))
             for run, maps, seconds in results]
+
+
+def _unit_fields(run: ForwardPass) -> dict[str, Any]:
+    if run.unit is None:
+        return {}
+    a = run.unit_activation
+    return {"unit": run.unit.unit, "unit_values": run.unit.unit.value(a, run.unit.index).detach(),
+            "unit_positions": run.unit.positions(a)}
 
 
 def _silent(done: int, total: int) -> None:
     pass
 
 
-def _layer(model: nn.Module, settings: Mapping[str, Any], chosen: list[Method]) -> nn.Module | str | None:
-    """The module Grad-CAM reads: ``"auto"`` (the last 4-D feature map) or a dotted name."""
+def _layer(model: nn.Module, settings: Mapping[str, Any], chosen: list[Method],
+           units_only: bool = False) -> nn.Module | str | None:
+    """The module Grad-CAM reads: ``"auto"`` (the last 4-D feature map) or a dotted name.
+
+    With units as the only targets, ``"auto"`` captures nothing: Grad-CAM reads each unit's own layer.
+    """
     if not any(m.needs_layer for m in chosen):
         return None
     name = settings["layer"]
     if name == "auto":
-        return "auto"
+        return None if units_only else "auto"
     try:
         return model.get_submodule(name)
     except AttributeError:

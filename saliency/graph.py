@@ -131,13 +131,11 @@ def _classify(name: str) -> tuple[str, str]:
     return "", ""
 
 
-def scan(output: Tensor) -> GraphScan:
-    """Walk the graph behind ``output`` once: its ReLU nodes, max-pools, other activations, opaque parts."""
+def scan(*outputs: Tensor) -> GraphScan:
+    """Walk the graph behind ``outputs`` once: its ReLU nodes, max-pools, other activations, opaque parts."""
     found = GraphScan()
-    root = output.grad_fn
-    if root is None:
-        return found
-    seen, stack = {root}, [root]
+    roots = list(dict.fromkeys(o.grad_fn for o in outputs if o.grad_fn is not None))
+    seen, stack = set(roots), roots
     while stack:
         node = stack.pop()
         category, detail = _kinds.get(type(node)) or _kind(node)

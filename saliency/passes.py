@@ -13,8 +13,11 @@ from torch import Tensor, nn
 from saliency import graph, rules
 from saliency.errors import ModelOutputError, OptionError, TargetError
 from saliency.rules import ReluRule
+from saliency.units import Placed, Unit, as_target, find_layer
 
-Target = int | Sequence[int] | Tensor | None
+Target = int | Sequence[int] | Tensor | Unit | str | None
+"""A class index for the whole batch, one per sample, ``None`` (each sample's top-1), or a :class:`Unit`
+(or its string form) for the whole batch."""
 
 
 class ForwardPass:
@@ -26,33 +29,56 @@ class ForwardPass:
     ``backward_passes``: how many backward passes will be asked of the graph (``None``: not known),
     counting those of :meth:`for_target` / :meth:`for_rank`; the last one frees the forward pass's
     saved tensors as it goes, as a plain backward pass does, instead of holding them (and a second
-    set of buffers for the gradients) to the end.
+    set of buffers for the gradients) to the end. ``units``: further units :meth:`for_target` will
+    explain (their layers are captured too); a unit's layer is read as Grad-CAM's is.
     """
 
-    def __init__(self, model: nn.Module, x: Tensor, target: Target, *, scan: bool = True,
-                 capture: nn.Module | str | None = None, backward_passes: int | None = None) -> None:
+    def __init__(self, model: nn.Module, x: Tensor, target: Target | Placed, *, scan: bool = True,
+                 capture: nn.Module | str | None = None, backward_passes: int | None = None,
+                 units: Sequence[Unit] = ()) -> None:
         self.model = model
         # A tensor made under torch.inference_mode() cannot join a graph: copy it out (a normal tensor here).
         self.leaf = (x.clone() if x.is_inference() else x).detach().requires_grad_(True)
+        target = as_target(target)
         requested = requested_targets(target, len(x), self.leaf.device)  # before the device has work queued
-        with _capturing(capture) as self.layer:
+        asked = [t.unit if isinstance(t, Placed) else t for t in (target, *units) if isinstance(t, (Unit, Placed))]
+        names = list(dict.fromkeys(u.layer for u in asked))
+        modules = [find_layer(model, name) for name in names]
+        with _capturing(capture, *modules) as (self.layer, *layers):
             logits = model(self.leaf.clone())
         self.layer.settle()
         if self.layer.changed_in_place:  # run again, taking a copy of the layer "auto" chose
-            with _capturing(self.layer.module) as self.layer:
+            with _capturing(self.layer.module, *modules) as (self.layer, *layers):
                 logits = model(self.leaf.clone())
+        self.unit_layers: dict[str, CapturedLayer] = dict(zip(names, layers))
         self.logits = _check_logits(logits, len(x))
-        self._explaining(checked_targets(requested, self.logits))
+        self._explaining(self._resolved(requested))
         if not self.score.requires_grad:
             raise ModelOutputError(_NOT_DIFFERENTIABLE.format(
                 "carry no gradient: the forward runs under torch.no_grad() or torch.inference_mode()"))
-        self.nodes = graph.scan(self.logits) if scan else graph.GraphScan()
+        outputs = [layer.activation for layer in layers if isinstance(layer.activation, Tensor)]
+        self.nodes = graph.scan(self.logits, *outputs) if scan else graph.GraphScan()
         self._passes_left = [backward_passes]  # one budget, shared with the passes retargeted from this one
 
     def for_target(self, target: Target) -> ForwardPass:
-        """This forward pass explaining other classes (``target`` as in the constructor), with its own backward passes."""
-        return self._retargeted(checked_targets(requested_targets(target, len(self.leaf), self.leaf.device),
-                                                self.logits))
+        """This forward pass explaining another target (as in the constructor; a unit's layer must have been
+        captured: name it in ``units``), with its own backward passes."""
+        return self._retargeted(self._resolved(requested_targets(as_target(target), len(self.leaf),
+                                                                 self.leaf.device)))
+
+    def _resolved(self, requested: tuple[Tensor, Tensor] | Unit | Placed | None) -> Tensor | Placed:
+        """Class indices ``[B]`` checked against the logits, or a unit placed in each sample of this pass."""
+        if isinstance(requested, (Unit, Placed)):
+            unit = requested.unit if isinstance(requested, Placed) else requested
+            layer = self.unit_layers.get(unit.layer)
+            if layer is None:
+                raise TargetError(f"unit {unit}: layer {unit.layer!r} was not captured in this forward pass; "
+                                  "name every unit to explain in the pass's units")
+            if layer.activation is None:
+                raise TargetError(f"unit {unit}: layer {unit.layer!r} did not run in the model's forward pass")
+            unit.check(layer.activation)
+            return requested if isinstance(requested, Placed) else Placed(unit, unit.locate(layer.activation))
+        return checked_targets(requested, self.logits)
 
     def for_rank(self, rank: int) -> ForwardPass:
         """This forward pass explaining each sample's ``rank``-th most probable class (0: the top-1)."""
@@ -64,12 +90,32 @@ class ForwardPass:
         other._explaining(targets)
         return other
 
-    def _explaining(self, targets: Tensor) -> None:
-        """Explain ``targets``: the score backward passes start from, and no gradients computed yet."""
-        self.targets = targets
-        self.score = self.logits.gather(1, targets[:, None]).sum()
+    def _explaining(self, targets: Tensor | Placed) -> None:
+        """Explain ``targets`` (classes, or a placed unit): the score backward passes start from, no gradients yet.
+
+        For a unit, :attr:`targets` is −1 for every sample and :attr:`unit` says what is explained.
+        """
+        self.unit = targets if isinstance(targets, Placed) else None
+        if self.unit is None:
+            self.targets = targets
+            self.score = self.logits.gather(1, targets[:, None]).sum()
+        else:
+            self.targets = torch.full((len(self.leaf),), -1, dtype=torch.long, device=self.logits.device)
+            self.score = self.unit.unit.value(self.unit_activation, self.unit.index).sum()
         self._input_gradients: dict[ReluRule, Tensor] = {}
         self.cache: dict[str, Any] = {}  # results methods share, e.g. the Grad-CAM map
+
+    @property
+    def unit_activation(self) -> Tensor | None:
+        """The output of the explained unit's layer in this pass (``None`` when a class is explained)."""
+        return None if self.unit is None else self.unit_layers[self.unit.unit.layer].activation
+
+    def copies_target(self, copies: int) -> Tensor | Placed:
+        """What ``copies`` copies of the batch, stacked one after another, explain: the same classes, or the same
+        unit at the positions placed on the inputs themselves."""
+        if self.unit is None:
+            return self.targets.cpu().repeat(copies)
+        return self.unit.repeat(copies)
 
     def gradient(self, rule: ReluRule) -> Tensor:
         """d score / d input with ``rule`` at every ReLU (computed once per rule)."""
@@ -83,9 +129,16 @@ class ForwardPass:
         return self._input_gradients[rule]
 
     @property
+    def cam_layer(self) -> CapturedLayer:
+        """The layer Grad-CAM reads: the one captured for it, or, for a unit with no layer named, the unit's own."""
+        if self.unit is not None and self.layer.wanted in ("auto", None):
+            return self.unit_layers[self.unit.unit.layer]
+        return self.layer
+
+    @property
     def layer_name(self) -> str | None:
         """The dotted name of the module Grad-CAM read, if one was captured."""
-        module = self.layer.module
+        module = self.cam_layer.module
         if module is None:
             return None
         return next((name for name, m in self.model.named_modules() if m is module), type(module).__name__)
@@ -95,17 +148,23 @@ class ForwardPass:
 
         (Under autocast a layer may run in bfloat16 or float16; Grad-CAM's sums are not left at that precision.)
         """
-        if self.layer.activation is None:
+        layer = self.cam_layer
+        if layer.activation is None:
             if isinstance(self.model, torch.jit.ScriptModule):
                 raise ModelOutputError("Grad-CAM cannot read the layers of a TorchScript model (they run opaquely); "
                                        "explain the Python model it was scripted or traced from")
             raise ModelOutputError(
                 "no layer returned a [batch, channels, height, width] feature map to compute Grad-CAM on; "
                 "name one with the 'layer' option")
-        a = self.layer.activation
+        a = layer.activation
         if "layer_gradient" not in self.cache:
             self.cache["layer_gradient"] = self._backward(a) if a.requires_grad else None
         grad = self.cache["layer_gradient"]
+        if grad is None and self.unit is not None:
+            raise OptionError(
+                f"unit {self.unit.unit} does not depend on layer {self.layer_name!r}'s output (it runs after the "
+                f"unit's layer, or its output is not used), so it has no Grad-CAM for the unit; name an earlier "
+                "layer with the 'layer' option, or leave it out to read the unit's own layer")
         if grad is None:
             raise OptionError(
                 f"the class scores do not depend on layer {self.layer_name!r}'s output (it ran under torch.no_grad(), "
@@ -126,19 +185,27 @@ class ForwardPass:
 _NOT_DIFFERENTIABLE = "the model's class scores {}; explain needs a forward pass that is differentiable in the input"
 
 
-def input_gradients(model: nn.Module, x: Tensor, targets: Tensor) -> Tensor:
-    """Plain gradients of the ``targets`` scores for a batch: one forward and one backward pass."""
+def input_gradients(model: nn.Module, x: Tensor, targets: Tensor | Placed) -> Tensor:
+    """Plain gradients of the ``targets`` scores (or of a placed unit) for a batch: one forward and one backward pass."""
     return ForwardPass(model, x, targets, scan=False, backward_passes=1).gradient(rules.vanilla)
+
+
+def unit_values(model: nn.Module, x: Tensor, unit: Placed) -> Tensor:
+    """The placed unit's value in each sample of ``x``, ``[N]``, from one forward pass (differentiable in ``x``)."""
+    with _capturing(find_layer(model, unit.unit.layer)) as (layer,):
+        model(x)
+    unit.unit.check(layer.activation)
+    return unit.unit.value(layer.activation, unit.index)
 
 
 def requested_targets(target: Target, batch: int, device: torch.device) -> tuple[Tensor, Tensor] | None:
     """The class indices asked for, one per sample, on the CPU (for checks) and on ``device`` (to index with).
 
-    ``None`` (each sample's top-1) stays ``None``. Called before the forward pass, so that copying
+    ``None`` (each sample's top-1) stays ``None``, and a unit stays the unit. Called before the forward pass, so that copying
     between host and device never waits for the model on an accelerator.
     """
-    if target is None:
-        return None
+    if target is None or isinstance(target, (Unit, Placed)):
+        return target
     given = torch.as_tensor(target)
     t = given.detach().cpu()
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
@@ -226,26 +293,28 @@ _hook_handle: Any = None
 
 
 def _on_module_forward(module: nn.Module, args: Any, output: Any) -> Any:
-    layer = getattr(_capture, "layer", None)
-    return output if layer is None else layer.offer(module, output)
+    for layer in getattr(_capture, "layers", ()):
+        output = layer.offer(module, output)
+    return output
 
 
 @contextmanager
-def _capturing(wanted: nn.Module | str | None) -> Iterator[CapturedLayer]:
+def _capturing(*wanted: nn.Module | str | None) -> Iterator[list[CapturedLayer]]:
+    """One :class:`CapturedLayer` per entry of ``wanted`` (``None``: one that captures nothing), in order."""
     global _hook_users, _hook_handle
-    layer = CapturedLayer(wanted)
-    if wanted is None:
-        yield layer
+    layers = [CapturedLayer(w) for w in wanted]
+    if all(w is None for w in wanted):
+        yield layers
         return
     with _hook_lock:
         if _hook_users == 0:
             _hook_handle = nn.modules.module.register_module_forward_hook(_on_module_forward)
         _hook_users += 1
-    previous, _capture.layer = getattr(_capture, "layer", None), layer
+    previous, _capture.layers = getattr(_capture, "layers", ()), [layer for layer in layers if layer.wanted is not None]
     try:
-        yield layer
+        yield layers
     finally:
-        _capture.layer = previous
+        _capture.layers = previous
         with _hook_lock:
             _hook_users -= 1
             if _hook_users == 0:
