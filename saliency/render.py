@@ -283,9 +283,16 @@ def _fit_to_box(picture: Image.Image, prepared: "Prepared | None") -> Image.Imag
 
 
 def _heatmap_picture(values: np.ndarray, cmap: str, size: tuple[int, int] | None) -> Image.Image:
+    """The heatmap as a palette picture: each pixel's 8-bit value indexes the colour map's 256 entries.
+
+    It shows exactly the colours of :func:`colorize`, and a PNG of it is about a third the size of
+    an RGB one and several times faster to encode.
+    """
     if size is not None and size != (values.shape[1], values.shape[0]):
         values = np.asarray(Image.fromarray(values.astype(np.float32), "F").resize(size, Image.Resampling.BILINEAR))
-    return Image.fromarray(colorize(values, cmap), "RGB")
+    picture = Image.fromarray(np.rint(np.clip(values, 0.0, 1.0) * 255).astype(np.uint8), "L").convert("P")
+    picture.putpalette(_lookup_table(cmap).tobytes())
+    return picture
 
 
 def _overlay(heat: Image.Image, prepared: "Prepared | None", image: Image.Image | None,
@@ -293,9 +300,9 @@ def _overlay(heat: Image.Image, prepared: "Prepared | None", image: Image.Image 
     if prepared is not None:
         base = prepared.image.convert("RGB")
         canvas = Image.fromarray(colorize(np.zeros((base.height, base.width)), cmap), "RGB")
-        canvas.paste(heat, _box(prepared)[:2])
+        canvas.paste(heat.convert("RGB"), _box(prepared)[:2])
     elif image is not None:
-        base, canvas = image.convert("RGB"), heat
+        base, canvas = image.convert("RGB"), heat.convert("RGB")
     else:
         raise InputError("the overlay style needs the original image (pass prepared= or image=)")
     return Image.blend(base, canvas, alpha)
