@@ -25,6 +25,7 @@ EXPORTS: dict[str, str] = {
     "METHODS": "saliency.methods",
     "REGISTRY": "saliency.methods",
     "RULE_METHODS": "saliency.methods",
+    "Unit": "saliency.units",
 }
 """Public name → the module that defines it. A further export is one more line here."""
 
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from saliency.engine import Explanation, explain, explain_classes
     from saliency.errors import SaliencyError, UnsupportedActivationWarning
     from saliency.methods import METHODS, REGISTRY, RULE_METHODS
+    from saliency.units import Unit
 
 
 def __getattr__(name: str) -> Any:
