@@ -13,6 +13,7 @@ import saliency
 from saliency.api.batching import Batcher
 from saliency.api.config import load_settings
 from saliency.api.errors import register_error_handlers
+from saliency.api.kserve import bp as kserve_bp
 from saliency.api.metrics import Metrics
 from saliency.api.parsing import InMemoryRequest
 from saliency.api.state import EXTENSION, AppState
@@ -49,6 +50,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     metrics.install(app)
     register_error_handlers(app)
     app.register_blueprint(bp)
+    app.register_blueprint(kserve_bp)
     return app
 
 

@@ -50,6 +50,22 @@ EXPLANATION_SCHEMA = _object({
 })
 
 
+_RESULT = EXPLANATION_SCHEMA["properties"]["results"]["items"]["properties"]
+_INSTANCES = {"type": "array", "minItems": 1, "description": "The images, one per instance.", "items": {"oneOf": [
+    _object({"image": _object({"b64": {**STRING, "description": "base64 of the image file"}})}),
+    _object({"b64": {**STRING, "description": "base64 of the image file"}})]}}
+#: KServe V1 answers (a test validates real answers against them).
+PREDICTIONS_SCHEMA = _object({"predictions": {"type": "array", "description": "Per instance: its five most "
+                                              "likely classes.", "items": _RESULT["predictions"]}})
+KSERVE_EXPLANATION_SCHEMA = _object({
+    "predictions": PREDICTIONS_SCHEMA["properties"]["predictions"],
+    "explanations": {"type": "array", "description": "Per instance: its entry of `results` in POST /v1/explain, "
+                                                     "without name and predictions.",
+                     "items": _object({k: v for k, v in _RESULT.items() if k not in ("name", "predictions")})},
+    **{k: v for k, v in EXPLANATION_SCHEMA["properties"].items() if k != "results"},
+})
+
+
 def openapi_document(settings: Settings) -> dict[str, Any]:
     """OpenAPI 3.1 description of every route; a test checks it against the app's URL map."""
     methods = list(settings.methods)
@@ -59,13 +75,27 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                  "description": "Saliency maps (vanilla gradient, DeconvNet, guided backpropagation) "
                                 "for a PyTorch image classifier."},
         "paths": {
-            "/": {"get": _simple("The web page: upload an image and compare methods.", "text/html")},
+            "/": {"get": {"summary": "The web page for a browser (Accept: text/html); for other clients liveness, "
+                                     "{\"status\": \"alive\"} (KServe V1).",
+                          "responses": {"200": {"description": "OK", "content": {
+                              "text/html": {"schema": STRING},
+                              "application/json": {"schema": _object({"status": {"const": "alive"}})}}}}}},
             "/static/{filename}": {"get": {
                 "summary": "Files the web page loads (script, style sheet).",
                 "parameters": [{"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "responses": {"200": {"description": "The file."}, "404": ERROR}}},
             "/v1/explain": {"post": _explain(methods, settings)},
-            "/v1/models": {"get": _simple("Models this installation knows, and the one served.")},
+            "/v1/models": {"get": _simple("models: the served model's name (KServe V1's list); serving: its "
+                                          "details; catalog: every model this installation knows.")},
+            "/v1/models/{name}": {"get": {
+                "summary": "KServe V1 model readiness: {\"name\", \"ready\"}.", "parameters": [_NAME],
+                "responses": {"200": {"description": "The served model.", "content": {"application/json": {
+                    "schema": _object({"name": STRING, "ready": {"type": "boolean"}})}}}, "404": ERROR}}},
+            "/v1/models/{name}:predict": {"post": _kserve(
+                "KServe V1 predict: each instance's five most likely classes.", "KServePredictions", {})},
+            "/v1/models/{name}:explain": {"post": _kserve(
+                "KServe V1 explain: each instance's predictions and its maps, as POST /v1/explain computes them.",
+                "KServeExplanation", _parameters(methods, settings))},
             "/v1/methods": {"get": _simple("Saliency methods offered, with citations, and render styles.")},
             "/healthz": {"get": _simple("Liveness: the process answers.")},
             "/readyz": {"get": {**_simple("Readiness: the model is loaded."), "responses": {
@@ -75,7 +105,8 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "/metrics": {"get": _simple("Prometheus metrics.", "text/plain")},
         },
         "components": {
-            "schemas": {"Error": ERROR_SCHEMA, "Explanation": EXPLANATION_SCHEMA},
+            "schemas": {"Error": ERROR_SCHEMA, "Explanation": EXPLANATION_SCHEMA,
+                        "KServePredictions": PREDICTIONS_SCHEMA, "KServeExplanation": KSERVE_EXPLANATION_SCHEMA},
             "responses": {"Error": {"description": "A request the server cannot serve.",
                                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}},
         },
@@ -85,6 +116,32 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
 def _simple(summary: str, media: str = "application/json") -> dict[str, Any]:
     schema = {"type": "object"} if media == "application/json" else {"type": "string"}
     return {"summary": summary, "responses": {"200": {"description": "OK", "content": {media: {"schema": schema}}}}}
+
+
+_NAME = {"name": "name", "in": "path", "required": True, "schema": STRING, "description": "The served model."}
+
+
+def _kserve(summary: str, answer: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    body = {"type": "object", "required": ["instances"], "additionalProperties": False,
+            "properties": {"instances": _INSTANCES}}
+    if parameters:
+        body["properties"]["parameters"] = {"type": "object", "additionalProperties": False, "properties": parameters,
+                                            "description": "As the query parameters of POST /v1/explain."}
+    return {"summary": summary, "parameters": [_NAME],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+            "responses": {"200": {"description": "The answer.", "content": {"application/json": {
+                "schema": {"$ref": f"#/components/schemas/{answer}"}}}},
+                          "400": ERROR, "404": ERROR, "413": ERROR, "415": ERROR, "422": ERROR}}
+
+
+def _parameters(methods: list[str], settings: Settings) -> dict[str, Any]:
+    """The ``parameters`` of KServe's explain: those of ``POST /v1/explain`` as JSON values, one method or a list."""
+    query = {p["name"]: {**p["schema"], "description": p["description"]}
+             for p in _explain(methods, settings)["parameters"] if p["name"] not in ("format", "model")}
+    method, target = query["method"], query["target"]
+    query["method"] = {"oneOf": [method["items"], method], "description": method["description"]}
+    query["target"] = {"type": ["string", "integer"], "description": target["description"]}
+    return query
 
 
 def _options() -> dict[str, tuple[Any, list[str]]]:

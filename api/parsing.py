@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from flask import Request
+from werkzeug.datastructures import MultiDict
 
 from saliency.api.config import Settings
 from saliency.api.errors import RequestError, UnsupportedMediaError
@@ -54,15 +55,26 @@ def parse_explain_request(request: Request, settings: Settings, model_name: str)
     if "image" in values:  # e.g. curl -F image=photo.jpg, without the @
         raise RequestError(f"the field 'image' holds text ({values['image'][:40]!r}), not a file; attach the file "
                            "(curl -F image=@photo.jpg, with the @) or send it as a raw body with an image/* Content-Type")
-    unknown = sorted(set(values) - set(PARAMETERS))
-    if unknown:
-        raise RequestError(f"unknown parameter {', '.join(repr(name[:40]) for name in unknown[:5])}; "
-                           f"this endpoint takes {', '.join(PARAMETERS)}")
+    check_parameters(values, PARAMETERS)
     model = _one(values, "model")
     if model is not None and model != model_name:
         raise UnknownModelError(f"this server serves the model {model_name!r}, not {model!r}; "
                                 "leave out 'model' or start a server with SALIENCY_MODEL set")
     images, names = _images(request, settings)
+    return explain_request(values, images, names, settings)
+
+
+def check_parameters(values: MultiDict, allowed: tuple[str, ...]) -> None:
+    """Refuse parameters outside ``allowed``, naming what the endpoint takes."""
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        raise RequestError(f"unknown parameter {', '.join(repr(name[:40]) for name in unknown[:5])}; "
+                           f"this endpoint takes {', '.join(allowed)}")
+
+
+def explain_request(values: MultiDict, images: tuple[bytes, ...], names: tuple[str, ...],
+                    settings: Settings) -> ExplainRequest:
+    """The request for ``images`` with the parameters ``values`` (strings, as in a query), checked."""
     target = _one(values, "target")  # an index or a label: the model's class_index decides
     topk = _number(_one(values, "topk"), "topk", 1, settings.max_topk, int)
     if target is not None and topk is not None:

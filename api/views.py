@@ -19,8 +19,13 @@ bp = Blueprint("saliency", __name__)
 
 @bp.get("/")
 def index() -> Response:
-    """The web page."""
-    return current_app.send_static_file("index.html")
+    """The web page for a browser (it asks for HTML); ``{"status": "alive"}`` for other clients (KServe's liveness)."""
+    if request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html":
+        response = current_app.send_static_file("index.html")
+    else:
+        response = jsonify(status="alive")
+    response.vary.add("Accept")
+    return response
 
 
 @bp.post("/v1/explain")
@@ -54,7 +59,7 @@ def models() -> Response:
                            "weights_on_disk": True, "loaded": True})
     serving = {"name": s.model.name, "classes": len(s.model.labels), "input_size": s.model.preprocessing.crop,
                "weights": s.model.weights}
-    return jsonify(serving=serving, models=entries)
+    return jsonify(models=[s.model.name], serving=serving, catalog=entries)  # models: KServe's list of served names
 
 
 @bp.get("/v1/methods")

@@ -421,8 +421,9 @@ def test_models_route(app, client):
     body = client.get("/v1/models").get_json()
     model = model_of(app)
     assert (body["serving"]["name"], body["serving"]["classes"]) == (model.name, len(model.labels))
-    assert [m["name"] for m in body["models"] if m["loaded"]] == [model.name]
-    names = [m["name"] for m in body["models"]]
+    assert body["models"] == [model.name]  # the served names, as KServe lists them
+    assert [m["name"] for m in body["catalog"] if m["loaded"]] == [model.name]
+    names = [m["name"] for m in body["catalog"]]
     assert "demo" in names and "resnet50" in names  # from the one model registry
 
 
@@ -433,7 +434,7 @@ def test_health_and_readiness(client):
 
 
 def test_web_page_and_its_files(client):
-    page = client.get("/")
+    page = client.get("/", headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})  # as a browser asks
     assert page.status_code == 200 and b"<script src=\"static/app.js\">" in page.data
     for name in ("app.js", "style.css"):
         assert client.get(f"/static/{name}").status_code == 200

@@ -189,8 +189,9 @@ def test_create_app_serves_a_custom_model_with_its_labels_and_input_size(custom)
     client = app.test_client()
     body = client.get("/v1/models").get_json()
     assert body["serving"]["input_size"] == 32 and body["serving"]["classes"] == 4
-    assert body["models"][0] == {"name": SPEC, "description": f"custom model {SPEC}", "kind": "custom",
-                                 "input_size": 32, "classes": 4, "weights_on_disk": True, "loaded": True}
+    assert body["models"] == [SPEC]
+    assert body["catalog"][0] == {"name": SPEC, "description": f"custom model {SPEC}", "kind": "custom",
+                                  "input_size": 32, "classes": 4, "weights_on_disk": True, "loaded": True}
     data = (custom / "photo.png").read_bytes()
     response = client.post("/v1/explain?method=vanilla&raw=npy", data={"image": (io.BytesIO(data), "photo.png")},
                            content_type="multipart/form-data")
