@@ -42,7 +42,21 @@ class TrainResult:
     test_images: int
 
 
-def train_demo(out_path: str | os.PathLike | None = WEIGHTS_PATH, *, steps: int = 1500,
+DEFAULT_OUT = "demo-weights.pt"
+"""Where training writes without an ``--out``: a new file in the current folder, never the bundled weights."""
+
+
+def new_weights_path(folder: str | os.PathLike = ".") -> Path:
+    """``folder/demo-weights.pt``, or the first of ``demo-weights-2.pt``, ``-3`` ... that does not exist yet."""
+    stem, suffix = os.path.splitext(DEFAULT_OUT)
+    candidate, n = Path(folder) / DEFAULT_OUT, 1
+    while candidate.exists():
+        n += 1
+        candidate = Path(folder) / f"{stem}-{n}{suffix}"
+    return candidate
+
+
+def train_demo(out_path: str | os.PathLike | None, *, steps: int = 1500,
                batch_size: int = 64, train_images: int = 20_000, test_images: int = 2000,
                seed: int = 0, learning_rate: float = 3e-3, threads: int | None = 2,
                widths: tuple[int, ...] | None = None, eval_every: int | None = None,
@@ -51,7 +65,8 @@ def train_demo(out_path: str | os.PathLike | None = WEIGHTS_PATH, *, steps: int 
 
     ``steps`` optimiser steps of ``batch_size`` images from a pool of ``train_images`` generated with
     ``seed``; accuracy is measured on ``test_images`` fresh images (seed :data:`TEST_SEED`).
-    ``out_path=None`` skips saving. ``threads`` caps torch's CPU threads (``None``: leave as is).
+    ``out_path=None`` skips saving (the bundled weights, :data:`~saliency.models.demo.WEIGHTS_PATH`,
+    are written only when named). ``threads`` caps torch's CPU threads (``None``: leave as is).
     ``log`` receives progress lines (``None``: silent); ``eval_every`` also logs the test accuracy
     every so many steps. Deterministic for a given seed and thread count.
     """
@@ -166,7 +181,8 @@ def _dihedral(x: Tensor, which: int) -> Tensor:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m saliency.models.train",
                                      description="Train the demo shapes classifier.")
-    parser.add_argument("--out", default=str(WEIGHTS_PATH), help="where to write the state dict")
+    parser.add_argument("--out", help=f"where to write the state dict (default: a new {DEFAULT_OUT} here; "
+                                      f"the bundled weights are {WEIGHTS_PATH})")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--train-images", type=int, default=20_000)
@@ -176,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--eval-every", type=int, default=None, help="log the test accuracy every N steps")
     args = parser.parse_args(argv)
-    result = train_demo(args.out, steps=args.steps, batch_size=args.batch_size,
+    result = train_demo(args.out or new_weights_path(), steps=args.steps, batch_size=args.batch_size,
                         train_images=args.train_images, test_images=args.test_images, seed=args.seed,
                         learning_rate=args.lr, threads=args.threads, eval_every=args.eval_every)
     return 0 if math.isfinite(result.final_loss) else 1

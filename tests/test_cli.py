@@ -201,6 +201,21 @@ def test_train_demo_writes_weights_that_explain_can_load(capsys, tmp_path):
     assert len(list((tmp_path / "maps").iterdir())) == 1
 
 
+def test_train_demo_without_out_writes_a_new_file_here_and_never_the_bundled_weights(capsys, tmp_path,
+                                                                                     monkeypatch):
+    from saliency.models.demo import WEIGHTS_PATH
+
+    bundled = WEIGHTS_PATH.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    tiny = ("--steps", "1", "--train-images", "8", "--test-images", "8", "--threads", "1")
+    for expected in ("demo-weights.pt", "demo-weights-2.pt"):
+        code, out, err = run(capsys, "train-demo", *tiny)
+        assert code == 0, err
+        assert (tmp_path / expected).is_file() and f"--weights {expected}" in out
+    assert WEIGHTS_PATH.read_bytes() == bundled
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo-weights-2.pt", "demo-weights.pt"]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["explain", "no/such/file.png"], "does not exist"),
     (["explain", "no/such/*.png"], "no file matches"),

@@ -14,7 +14,9 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
                 "saliency train-demo",
                 "saliency train-demo --steps 300 --out my-demo.pt && "
                 "saliency explain examples/star.png --weights my-demo.pt")
-    p.add_argument("--out", metavar="FILE", help="where to save the weights (default: the bundled weights file)")
+    p.add_argument("--out", metavar="FILE",
+                   help="where to save the weights (default: a new demo-weights.pt in the current folder; the "
+                        "bundled weights are replaced only if you name their file)")
     p.add_argument("--steps", type=positive_int, default=1500, metavar="N", help="optimiser steps (default: 1500)")
     p.add_argument("--train-images", type=positive_int, default=20_000, metavar="N",
                    help="generated training images (default: 20000)")
@@ -27,14 +29,12 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """``saliency train-demo``: the models package's trainer; it logs its own progress."""
-    from saliency.models.train import train_demo
+    from saliency.models.train import new_weights_path, train_demo
 
-    if args.out:
-        check_output(args.out, folder=False)
-    where = {"out_path": args.out} if args.out else {}
-    result = train_demo(**where, steps=args.steps, train_images=args.train_images,
+    out = args.out or str(new_weights_path())
+    check_output(out, folder=False)
+    result = train_demo(out, steps=args.steps, train_images=args.train_images,
                         test_images=args.test_images, seed=args.seed, threads=args.threads)
-    if args.out:
-        print(f"use them with: saliency explain IMAGE --weights {args.out}")
+    print(f"use them with: saliency explain IMAGE --weights {out}")
     return 0 if result.final_loss == result.final_loss else fail("training diverged (loss is NaN); "
                                                                   "try another --seed or more --steps")
