@@ -84,6 +84,28 @@ def test_explain_writes_one_png_per_method_at_the_image_size(capsys, tmp_path):
     assert "99th percentile" in out
 
 
+def test_explain_names_the_style_so_runs_in_other_styles_keep_each_others_files(capsys, tmp_path):
+    for style in ("heatmap", "overlay"):
+        code, _, err = run(capsys, "explain", str(STAR), "--style", style, "--out", str(tmp_path))
+        assert code == 0, err
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(f"star-{m}-{s}-star.png" for m in saliency.RULE_METHODS for s in ("heatmap", "overlay"))
+
+
+def test_a_photo_explained_with_the_demo_gets_one_note_pointing_to_an_imagenet_model(capsys, tmp_path, photo):
+    second = tmp_path / "second photo.png"
+    second.write_bytes(photo.read_bytes())
+    code, _, err = run(capsys, "explain", str(photo), str(second), "--out", str(tmp_path / "p"))
+    assert code == 0, err
+    assert err.count("saliency: note: the demo model knows only 8 drawn shapes") == 1 and "--model resnet50" in err
+    code, _, err = run(capsys, "compare", str(photo), "--out", str(tmp_path / "c.png"))
+    assert code == 0 and err.count("--model resnet50") == 1
+    for command in (["explain", str(STAR), "--out", str(tmp_path / "s")], ["compare", str(STAR), "--out",
+                                                                          str(tmp_path / "s.png")]):
+        code, _, err = run(capsys, *command)
+        assert code == 0 and "note:" not in err   # a drawn shape: no note
+
+
 def test_explain_maps_heatmaps_to_the_crop_and_overlays_to_the_whole_picture(capsys, tmp_path, photo):
     code, _, err = run(capsys, "explain", str(photo), "--method", "guided", "--style", "overlay",
                        "--out", str(tmp_path / "o"))
@@ -217,7 +239,8 @@ def test_train_demo_without_out_writes_a_new_file_here_and_never_the_bundled_wei
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["explain", "no/such/file.png"], "does not exist"),
+    (["explain", "no/such/file.png"], "image file 'no/such/file.png' does not exist"),
+    (["explain", "no/such/folder/"], "folder 'no/such/folder' does not exist"),
     (["explain", "no/such/*.png"], "no file matches"),
     (["compare", "no/such/file.png"], "does not exist"),
     (["explain", str(STAR), "--model", "no_such_model"], "no_such_model"),

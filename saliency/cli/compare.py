@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from saliency.cli.options import (PROG, SamplingBars, add_method_options, add_model_options, add_render_options,
-                                  add_threads_option, chosen_methods, class_arg, command, convention, load_model,
-                                  predictions, render_kwargs, set_threads, writing)
+                                  add_threads_option, chosen_methods, class_arg, command, convention, demo_hint,
+                                  load_model, looks_like_photo, predictions, render_kwargs, set_threads, writing)
 
 
 def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -71,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
           f"~NAME: {SIMILARITY}")
     for note in result.warnings:
         print(f"{PROG}: warning: {note}", file=sys.stderr)
+    hint = demo_hint(loaded.name, looks_like_photo(image))
+    if hint:
+        print(f"{PROG}: note: {hint}", file=sys.stderr)
     print(f"wrote {out}")
     return 0
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from saliency.cli.options import (PROG, OutputNames, SamplingBars, add_class_options, add_method_options,
                                   add_model_options, add_render_options, add_threads_option, chosen_methods,
-                                  class_arg, command, convention, expand_images, fail, load_model, positive_int,
-                                  predictions, render_kwargs, set_threads, writing)
+                                  class_arg, command, convention, demo_hint, expand_images, fail, load_model,
+                                  looks_like_photo, positive_int, predictions, render_kwargs, set_threads, writing)
 from saliency.errors import ImageError, SaliencyError, TargetError
 from saliency.names import slug
 
@@ -24,7 +24,8 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
                 "saliency explain examples/star.png",
                 "saliency explain examples/ --method guided --style overlay --out maps/",
                 "saliency explain 'photos/*.jpg' --model resnet50 --topk 3",
-                "saliency explain cat.png --model my_pkg.nets:build --weights net.pt --target 3")
+                "saliency explain cat.png --model my_pkg.nets:build --weights net.pt --target 3",
+                "saliency explain examples/ --method deconvnet --target features.7:12@max   # a unit of a layer")
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="image files, folders (their images; *.mask.* files skipped) or glob patterns")
     add_model_options(p)
@@ -40,10 +41,14 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``saliency explain``: returns 1 if any image could not be explained."""
+    """``saliency explain``: returns 1 if any image could not be explained.
+
+    Each picture is ``OUT/STEM-METHOD-STYLE-CLASS.png``: runs with other methods, styles or classes
+    into the same folder keep each other's files.
+    """
     from tqdm import tqdm
 
-    from saliency.pipeline import Classes, explain_prepared, prepare_each, render
+    from saliency.pipeline import Classes, explain_prepared, prepare_each, render, target_label, target_of
     from saliency.render import save_png
 
     paths = expand_images(args.images)
@@ -51,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     style = render_kwargs(args)
     set_threads(args)
     loaded = load_model(args)
-    fixed_targets = [loaded.class_index(class_arg(t)) for t in args.target or []]
+    fixed_targets = [target_of(loaded, class_arg(t)) for t in args.target or []]
     topk = args.topk or 1
     if topk > len(loaded.labels):
         raise TargetError(f"--topk {topk} is more than the {len(loaded.labels)} classes of model "
@@ -59,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     names = OutputNames()
     classes = Classes(fixed=tuple(fixed_targets), topk=topk)
-    failures, written, notes = 0, 0, {}
+    failures, written, notes, photos = 0, 0, {}, False
     progress = tqdm(total=len(paths), unit="image", file=sys.stderr, leave=False,
                     disable=True if len(paths) < 2 else None)  # None: shown on a terminal only
     for chunk in _chunks(paths, args.batch_size):
@@ -76,12 +81,13 @@ def run(args: argparse.Namespace) -> int:
             else:
                 kept.append(path)
                 prepared.append(item)
+                photos = photos or looks_like_photo(item.image)
         explained, report = explain_prepared(loaded, prepared, methods, classes, options, progress=SamplingBars())
         notes.update(dict.fromkeys(report.warnings))
         files: dict[Path, list[Path]] = {path: [] for path in kept}
         for drawn in render(explained, methods, **style):
-            path, label = kept[drawn.image], loaded.labels[drawn.target]
-            target = out_dir / names.take(f"{path.stem}-{drawn.method}-{slug(label)}.png")
+            path, label = kept[drawn.image], target_label(drawn.target, loaded.labels)
+            target = out_dir / names.take(f"{path.stem}-{drawn.method}-{style['style']}-{slug(label)}.png")
             with writing(target):
                 save_png(drawn.picture, target, {"method": drawn.method, "target": label, "model": loaded.name})
             files[path].append(target)
@@ -94,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
     progress.close()
     for note in notes:
         print(f"{PROG}: warning: {note}", file=sys.stderr)
+    hint = demo_hint(loaded.name, photos)
+    if hint:
+        print(f"{PROG}: note: {hint}", file=sys.stderr)
     print(f"wrote {written} file{'s' * (written != 1)} to {out_dir}/")
     print(f"{style['style']} convention: {convention(style)}")
     if failures:

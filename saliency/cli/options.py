@@ -198,10 +198,12 @@ def add_method_options(p: argparse.ArgumentParser, flag: str) -> None:
 # --- reading the options -----------------------------------------------------------------------
 
 def add_class_options(p: argparse.ArgumentParser, topk_default: int | None = None) -> None:
-    """``--target CLASS`` (repeatable) or ``--topk K``: which classes each image is explained for."""
+    """``--target TARGET`` (repeatable) or ``--topk K``: which classes (or units) each image is explained for."""
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--target", action="append", metavar="CLASS",
-                       help="class to explain, by label or index; repeat for several (default: the top-1 class)")
+    which.add_argument("--target", action="append", metavar="TARGET",
+                       help="class to explain, by label or index, or a unit of a layer: LAYER:CHANNEL (the "
+                            "channel's sum), LAYER:CHANNEL@ROW,COL or LAYER:CHANNEL@max (its strongest position "
+                            "in each image), e.g. features.28:12@max; repeat for several (default: the top-1 class)")
     shown = f" (default: {topk_default})" if topk_default is not None else ""
     which.add_argument("--topk", type=positive_int, default=topk_default, metavar="K",
                        help=f"explain each image's K most probable classes{shown}")
@@ -228,7 +230,7 @@ def split_names(names: str) -> list[str]:
 
 
 def class_arg(value: str) -> str:
-    """A ``--target``: an index as digits or a label; ``LoadedModel.class_index`` reads both, any length."""
+    """A ``--target``: an index as digits, a label or a unit; :func:`saliency.pipeline.target_of` reads all three."""
     return value
 
 
@@ -291,7 +293,8 @@ def expand_images(arguments: Sequence[str]) -> list[Path]:
                     raise ImageError(f"folder '{path}' holds no image files ({', '.join(IMAGE_SUFFIXES)})")
                 found.update(dict.fromkeys(inside))
             elif not path.exists():
-                raise ImageError(f"image file '{path}' does not exist; check the path")
+                what = "folder" if arg.endswith(("/", os.sep)) else "image file"
+                raise ImageError(f"{what} '{path}' does not exist; check the path")
             elif path.is_file():
                 found[path] = None
     if not found:
@@ -355,6 +358,27 @@ def predictions(probabilities: torch.Tensor, labels: Sequence[str]) -> str:
     k = min(TOP_PREDICTIONS, len(labels))
     values, indices = probabilities.topk(k)
     return ", ".join(f"{labels[int(i)]} {float(v):.1%}" for v, i in zip(values, indices))
+
+
+PHOTO_SIDE = 256
+"""A picture wider or taller than this, or not square, is taken for a photo rather than a drawn shape."""
+
+
+def looks_like_photo(picture: Any) -> bool:
+    """Whether a PIL image is more likely a photo than a drawn shape: not square, or over :data:`PHOTO_SIDE`."""
+    return max(picture.size) > PHOTO_SIDE or picture.width != picture.height
+
+
+def demo_hint(model: str, photos: bool) -> str | None:
+    """A note for photos explained with the bundled demo model, which knows only its eight shapes; else None."""
+    from saliency.models import BUNDLED
+
+    if model != "demo" or not photos:
+        return None
+    shapes = ", ".join(BUNDLED["demo"].labels)
+    return (f"the demo model knows only {len(BUNDLED['demo'].labels)} drawn shapes ({shapes}), so its classes "
+            "mean little for a photo; for photos use an ImageNet model, e.g. --model resnet50 (its weights "
+            "download once; see 'saliency models')")
 
 
 class SamplingBars:
