@@ -1,13 +1,18 @@
-"""Load benchmark of the HTTP service: throughput, latency and server-side overhead.
+"""Load benchmark of the HTTP service: batching across requests on and off, throughput, latency, overhead.
 
-    python bench/load.py                                   # starts its own servers: demo and resnet50 (random init)
+    python bench/load.py                                   # demo and resnet50 (random init), 1, 8 and 32 clients
     python bench/load.py --models resnet50 --clients 1 8 --requests 40
     python bench/load.py --url http://127.0.0.1:8000       # a server that is already running
 
-For each model and each number of concurrent clients it sends ``--requests`` explain requests (one
-224×224 JPEG each, method ``--method``) and reports requests/s, p50/p99 latency seen by the client,
-and, from the timing every JSON response carries, the server-side overhead — decode + preprocess +
-render + encode — as a fraction of the model's own explain time (forward + backward passes).
+For each model it starts two servers with the service's default settings (one gunicorn worker),
+one batching requests (``SALIENCY_BATCH_DELAY_MS`` default) and one not (``SALIENCY_BATCH_DELAY_MS=0``),
+and for each number of concurrent clients sends ``--requests`` explain requests (one 224×224 JPEG
+each, method ``--method``) to each in turn, ``--rounds`` times. It reports requests/s, p50/p99
+latency seen by the client, the model calls' batch sizes, and, from the timing every JSON
+response carries, the server-side overhead — decode + preprocess + render + encode — against the
+model's own time per image (forward + backward passes of its batch, divided by the batch's images),
+and how busy the model thread was (model time per image × requests / wall time): near 100 %,
+rendering and encoding in the request threads do not hold up the model.
 """
 
 from __future__ import annotations
@@ -34,25 +39,36 @@ OVERHEAD_STAGES = ("decode", "preprocess", "render", "encode")
 @dataclass
 class Run:
     model: str
+    batching: str
     clients: int
     requests: int
     seconds: float
     latencies: list[float]
     timings: list[dict[str, float]]
 
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+    @property
+    def p50(self) -> float:
+        return percentile(sorted(self.latencies), 50)
+
     def row(self) -> list[str]:
         lat = sorted(self.latencies)
-        explain = statistics.mean(t["explain"] for t in self.timings)
+        sizes = [t.get("batch_images", 1) for t in self.timings]
+        per_image = [t["explain"] / max(1, t.get("batch_images", 1)) for t in self.timings]
         overhead = statistics.mean(sum(t.get(s, 0.0) for s in OVERHEAD_STAGES) for t in self.timings)
-        total = statistics.mean(t["total"] for t in self.timings)
-        return [self.model, str(self.clients), f"{self.requests / self.seconds:.1f}",
+        model = statistics.mean(per_image)
+        busy = sum(per_image) / self.seconds
+        return [self.model, self.batching, str(self.clients), f"{self.rate:.2f}",
                 f"{percentile(lat, 50) * 1000:.0f}", f"{percentile(lat, 99) * 1000:.0f}",
-                f"{explain * 1000:.1f}", f"{overhead * 1000:.1f}", f"{overhead / explain:.1%}",
-                f"{(total - explain) / explain:.1%}"]
+                f"{statistics.mean(sizes):.1f} (max {max(sizes)})", f"{model * 1000:.1f}", f"{overhead * 1000:.1f}",
+                f"{overhead / model:.1%}", f"{min(busy, 1.0):.0%}"]
 
 
-HEADER = ["model", "clients", "req/s", "p50 ms", "p99 ms", "explain ms", "overhead ms",
-          "overhead / explain", "all server time / explain"]
+HEADER = ["model", "batching", "clients", "req/s", "p50 ms", "p99 ms", "batch size", "model ms / image",
+          "overhead ms", "overhead / model time", "model busy"]
 
 
 def percentile(sorted_values: list[float], p: float) -> float:
@@ -74,14 +90,15 @@ def one_request(url: str, image: bytes, method: str, fmt: str) -> tuple[float, d
     return elapsed, timing
 
 
-def measure(url: str, model: str, clients: int, count: int, image: bytes, method: str, fmt: str) -> Run:
-    for _ in range(max(2, clients)):  # warm-up: every thread's first request, lazy imports
-        one_request(url, image, method, fmt)
+def measure(url: str, model: str, batching: str, clients: int, count: int, image: bytes, method: str,
+            fmt: str) -> Run:
+    with ThreadPoolExecutor(clients) as pool:  # warm-up: every thread's first request, lazy imports
+        list(pool.map(lambda _: one_request(url, image, method, fmt), range(max(2, clients))))
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         results = list(pool.map(lambda _: one_request(url, image, method, fmt), range(count)))
     seconds = time.perf_counter() - start
-    return Run(model, clients, count, seconds, [r[0] for r in results], [r[1] for r in results])
+    return Run(model, batching, clients, count, seconds, [r[0] for r in results], [r[1] for r in results])
 
 
 def free_port() -> int:
@@ -91,10 +108,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(model: str, weights: str | None, threads: int, torch_threads: int | None):
-    """``saliency.api.serve`` (gunicorn, one worker) in a subprocess; yields its URL."""
+def server(model: str, weights: str | None, threads: int | None, torch_threads: int | None,
+           settings: dict[str, str] | None = None):
+    """``saliency.api.serve`` (one worker) in a subprocess, with ``SALIENCY_*`` ``settings``; yields its URL."""
     port = free_port()
-    env = dict(os.environ, SALIENCY_OFFLINE="1")
+    env = dict(os.environ, SALIENCY_OFFLINE="1", **{f"SALIENCY_{k.upper()}": v for k, v in (settings or {}).items()})
     if torch_threads:
         env["SALIENCY_TORCH_THREADS"] = str(torch_threads)
     code = (f"from saliency.api import serve; serve('127.0.0.1', {port}, workers=1, threads={threads}, "
@@ -123,35 +141,65 @@ def markdown(runs: list[Run]) -> str:
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 
+def ratios(runs: list[Run], delay_ms: float) -> str:
+    """Batched against unbatched per model and clients (medians over rounds), against the targets."""
+    lines = ["| model | clients | req/s batched / unbatched | p50 batched / (unbatched + delay) |",
+             "| --- | --- | --- | --- |"]
+    keys = sorted({(r.model, r.clients) for r in runs}, key=lambda k: (k[0] != "demo", k[1]))
+    for model, clients in keys:
+        on = [r for r in runs if (r.model, r.clients, r.batching) == (model, clients, "on")]
+        off = [r for r in runs if (r.model, r.clients, r.batching) == (model, clients, "off")]
+        if not on or not off:
+            continue
+        rate = statistics.median(r.rate for r in on) / statistics.median(r.rate for r in off)
+        p50 = statistics.median(r.p50 for r in on) / (statistics.median(r.p50 for r in off) + delay_ms / 1000)
+        lines.append(f"| {model} | {clients} | {rate:.2f} | {p50:.2f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", help="benchmark a running server instead of starting one per model")
+    parser.add_argument("--url", help="benchmark a running server instead of starting two per model")
     parser.add_argument("--models", nargs="+", default=["demo", "resnet50"],
                         help="models to serve (torchvision ones get random weights)")
-    parser.add_argument("--clients", nargs="+", type=int, default=[1, 8])
-    parser.add_argument("--requests", type=int, default=32, help="requests per measurement")
+    parser.add_argument("--clients", nargs="+", type=int, default=[1, 8, 32])
+    parser.add_argument("--requests", type=int, default=48, help="requests per measurement")
+    parser.add_argument("--rounds", type=int, default=2, help="each measurement this many times, alternating")
     parser.add_argument("--method", default="guided")
     parser.add_argument("--format", default="json", choices=("json", "png"))
     parser.add_argument("--size", type=int, default=224, help="side of the test image")
-    parser.add_argument("--threads", type=int, default=8, help="gunicorn threads of the started servers")
+    parser.add_argument("--threads", type=int, default=None, help="request threads of the started servers "
+                        "(default: the service's own)")
     parser.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads per server")
     args = parser.parse_args(argv)
 
+    from saliency.api.config import Settings
+
+    delay = Settings().batch_delay_ms
     image = photo_jpeg(args.size)
     runs: list[Run] = []
     if args.url:
         name = requests.get(f"{args.url}/v1/models", timeout=10).json()["serving"]["name"]
-        runs = [measure(args.url, name, c, args.requests, image, args.method, args.format) for c in args.clients]
+        runs = [measure(args.url, name, "as set", c, args.requests, image, args.method, args.format)
+                for c in args.clients]
     else:
         for model in args.models:
             weights = None if model == "demo" else "random"
-            with server(model, weights, args.threads, args.torch_threads) as url:
-                for clients in args.clients:
-                    runs.append(measure(url, model, clients, args.requests, image, args.method, args.format))
-                    print(markdown(runs[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+            with server(model, weights, args.threads, args.torch_threads) as on, \
+                    server(model, weights, args.threads, args.torch_threads, {"batch_delay_ms": "0"}) as off:
+                for _ in range(args.rounds):
+                    for clients in args.clients:
+                        for batching, url in (("on", on), ("off", off)):
+                            runs.append(measure(url, model, batching, clients, args.requests, image, args.method,
+                                                args.format))
+                            print(markdown(runs[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     print(f"method {args.method}, format {args.format}, one {args.size}×{args.size} JPEG per request, "
-          f"{args.requests} requests per row, {os.cpu_count()} CPUs\n")
+          f"{args.requests} requests per row, {args.rounds} round(s), {os.cpu_count()} CPUs, "
+          f"batching: the defaults (batch size {Settings().batch_size}, delay {delay:g} ms) against delay 0\n")
     print(markdown(runs))
+    if not args.url:
+        print()
+        print(ratios(runs, delay))
     return 0
 
 
