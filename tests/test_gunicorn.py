@@ -60,6 +60,10 @@ def essence(body: dict) -> tuple:
     return result["predictions"], explanation["target"], maps
 
 
+def _classes(entries: list[dict]) -> list[tuple]:
+    return [(e["index"], e["label"]) for e in entries]
+
+
 def test_concurrent_mixed_requests_equal_serial_results(live_server):
     pictures = images()
     jobs = [(i, methods) for i in range(len(pictures)) for methods in METHOD_MIXES]
@@ -72,7 +76,10 @@ def test_concurrent_mixed_requests_equal_serial_results(live_server):
     assert len(answers) == len(concurrent_jobs)
     for job, (predictions, target, maps) in answers:
         want_predictions, want_target, want_maps = serial[job]
-        assert predictions == want_predictions and target == want_target, job
+        # concurrent requests may share a batch: equal up to the float rounding of batch-size-dependent kernels
+        assert _classes(predictions) == _classes(want_predictions) and _classes([target]) == _classes([want_target]), job
+        np.testing.assert_allclose([p["probability"] for p in predictions],
+                                   [p["probability"] for p in want_predictions], atol=2e-6, err_msg=str(job))
         assert maps.keys() == want_maps.keys(), job
         for method in maps:
             np.testing.assert_allclose(maps[method], want_maps[method], rtol=1e-5, atol=1e-7,
