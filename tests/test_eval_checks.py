@@ -160,3 +160,27 @@ def test_measuring_leaves_a_training_model_as_it_was():
     assert net.training and net.stem[1].training
     for key, value in net.state_dict().items():
         assert torch.equal(value, state[key]), key     # batch-norm statistics untouched
+
+
+def test_randomisation_counts_the_constant_maps_it_leaves_out_and_the_table_shows_them():
+    from saliency.evaluation.report import UNDEFINED_NOTE, _randomisation_tables
+
+    model = SmallConvNet().eval()
+    with torch.no_grad():
+        model.body[0].weight.zero_()
+        model.body[0].bias.fill_(-1.0)  # the second ReLU is always off: every input gradient is zero
+    x = torch.randn(3, 3, 8, 8)
+    curve = cascading_randomization(model, x, "vanilla", max_blocks=2)
+    assert curve.left_out == {"vanilla": [3, 3]}            # the trained model's maps are all zero
+    assert all(np.isnan(v) for v in curve.mean["vanilla"]["spearman_abs"])
+    table = _randomisation_tables({"cascading": curve})[0]
+    assert table.header[-1] == "left out" and table.rows[0][-1] == "6/6"
+    assert table.rows[0][1] == "-" and UNDEFINED_NOTE in table.text() and UNDEFINED_NOTE in table.markdown()
+    assert curve.to_dict()["left_out"] == {"vanilla": [3, 3]}
+
+
+def test_a_table_explains_undefined_cells_only_when_it_has_one():
+    from saliency.evaluation.report import UNDEFINED_NOTE, Table
+
+    assert UNDEFINED_NOTE not in Table("t", ["method", "score"], [["a", "0.50"], ["b", "-0.10"]]).text()
+    assert UNDEFINED_NOTE in Table("t", ["method", "score"], [["a", "0.50"], ["b", "-"]]).markdown()

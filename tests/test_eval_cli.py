@@ -76,3 +76,23 @@ def test_eval_with_random_weights_is_reproducible_for_a_seed(tmp_path, capsys):
         found.append(json.loads((out / "results.json").read_text())["checks"]["localisation"])
     assert found[0] == found[1]
     assert found[0]["scores"]["relevance_mass"]["vanilla"] != found[2]["scores"]["relevance_mass"]["vanilla"]
+
+
+def test_an_interrupted_eval_leaves_the_older_runs_files_as_they_were(tmp_path, capsys, monkeypatch):
+    import saliency.evaluation.report as report
+
+    out = tmp_path / "ev"
+    argv = ["eval", "--methods", "vanilla", "--checks", "faithfulness,localisation", "--n-images", "1",
+            "--out", f"{out}/"]
+    assert main(argv) == 0
+    assert f"to {out}/ (" in capsys.readouterr().out                 # one slash, however --out was spelled
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert json.loads(before["results.json"])["files"] == ["results.json", "tables.md", "localisation.png",
+                                                           "faithfulness.png"]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "figure_png", interrupted)
+    assert main([*argv, "--seed", "1"]) == 130
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before   # nothing half-written, no temporary folder

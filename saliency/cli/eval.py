@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from saliency.cli.options import (add_threads_option, check_output, examples, positive_int, seed_int, set_threads,
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
                           progress=sys.stderr.isatty())
     print(text_report(evaluation))
     written = write_all(evaluation, args.out)
-    print(f"\nwrote {len(written)} files to {args.out}/ ({', '.join(p.name for p in written)})")
+    print(f"\nwrote {len(written)} files to {os.path.join(args.out, '')} ({', '.join(p.name for p in written)})")
     return 0
 
 

@@ -52,12 +52,15 @@ class RandomizationCurve:
     std: dict[str, dict[str, list[float]]]
     baseline: dict[str, float]
     targets: list[int] = field(default_factory=list)
+    left_out: dict[str, list[int]] = field(default_factory=dict)
+    """Per method and step, the images left out of the means: the trained or the randomised map was
+    constant (all zero, as Grad-CAM's can be), where a rank correlation is undefined."""
     example: dict[str, list[np.ndarray]] = field(default_factory=dict, repr=False)
     """``|map|`` of the first image per method: the trained model's, then after each step (not in JSON)."""
 
     def to_dict(self) -> dict:
         return {"mode": self.mode, "steps": self.steps, "metrics": METRICS, "mean": self.mean,
-                "std": self.std, "baseline": self.baseline, "targets": self.targets}
+                "std": self.std, "baseline": self.baseline, "targets": self.targets, "left_out": self.left_out}
 
 
 def parameter_layers(model: nn.Module, example: Tensor) -> list[tuple[str, nn.Module]]:
@@ -176,9 +179,10 @@ def _run(mode: str, model: nn.Module, inputs: Tensor, methods: str | Sequence[st
             for m in names}
     std = {m: {k: [nanstd(s[k] for s in step[m]) for step in per_step] for k in METRICS}
            for m in names}
+    left_out = {m: [sum(bool(np.isnan(s["spearman_abs"])) for s in step[m]) for step in per_step] for m in names}
     baseline = noise_baseline([reference[m][j] for m in names for j in range(len(inputs))], seed)
     return RandomizationCurve(mode=mode, steps=[b.name for b in steps], mean=mean, std=std,
-                              baseline=baseline, targets=[int(t) for t in targets],
+                              baseline=baseline, targets=[int(t) for t in targets], left_out=left_out,
                               example=example)
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +21,13 @@ from saliency.evaluation.checks import CHECKS
 from saliency.evaluation.localization import BASELINES
 from saliency.evaluation.runner import Evaluation
 from saliency.evaluation.similarity import METRICS
-from saliency.render import write_atomic
 
 RESULTS_FILE = "results.json"
 TABLES_FILE = "tables.md"
 _SHORT = {"spearman_abs": "rank |map|", "spearman_signed": "rank signed", "ssim": "SSIM |map|"}
+UNDEFINED = "-"
+UNDEFINED_NOTE = (f"{UNDEFINED}: undefined: every map it averages was constant (all zero, for instance), "
+                  "where a correlation or a share of the map does not exist.")
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,12 @@ class Table:
     rows: list[list[str]]
     notes: tuple[str, ...] = ()
 
+    @property
+    def all_notes(self) -> tuple[str, ...]:
+        """The notes, and what an undefined cell means if the table has one."""
+        undefined = any(cell == UNDEFINED for row in self.rows for cell in row[1:])
+        return self.notes + ((UNDEFINED_NOTE,) if undefined else ())
+
     def text(self) -> str:
         """Aligned plain text: first column left, numbers right."""
         widths = [max(len(r[i]) for r in [self.header, *self.rows]) for i in range(len(self.header))]
@@ -41,15 +52,15 @@ class Table:
         for row in [self.header, *self.rows]:
             cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
             lines.append("  ".join(cells).rstrip())
-        return "\n".join(lines + list(self.notes))
+        return "\n".join(lines + list(self.all_notes))
 
     def markdown(self) -> str:
         """A Markdown table under a level-3 heading, notes as a paragraph."""
         lines = [f"### {self.title}", "", "| " + " | ".join(self.header) + " |",
                  "|" + "|".join([" --- "] + [" ---: "] * (len(self.header) - 1)) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in self.rows]
-        if self.notes:
-            lines += [""] + [" ".join(self.notes)]
+        if self.all_notes:
+            lines += [""] + [" ".join(self.all_notes)]
         return "\n".join(lines)
 
 
@@ -79,20 +90,36 @@ def markdown_report(evaluation: Evaluation) -> str:
     return "\n\n".join(["\n".join(head), *body]) + "\n"
 
 
-def results_json(evaluation: Evaluation) -> bytes:
-    """``results.json`` content: :meth:`Evaluation.to_dict` with ``NaN`` written as ``null``."""
-    return (json.dumps(_finite(evaluation.to_dict()), indent=1, allow_nan=False) + "\n").encode()
+def results_json(evaluation: Evaluation, files: Sequence[str] = ()) -> bytes:
+    """``results.json`` content: :meth:`Evaluation.to_dict` with ``NaN`` written as ``null``, and
+    ``files``, the names of the files written with it (when given)."""
+    data = evaluation.to_dict() | ({"files": list(files)} if files else {})
+    return (json.dumps(_finite(data), indent=1, allow_nan=False) + "\n").encode()
 
 
 def write_all(evaluation: Evaluation, out: str | Path) -> list[Path]:
-    """Write ``results.json``, ``tables.md`` and one PNG per check into ``out``; each file atomically."""
+    """Write ``results.json``, ``tables.md`` and one PNG per check into ``out``, as one set.
+
+    Every file is written into a temporary folder inside ``out`` first and moved into place only
+    when all are there, so an interrupted run leaves an older run's files as they were rather than
+    a mix of both. ``results.json`` lists the files of its run.
+    """
     folder = Path(out)
-    written = [write_atomic(folder / RESULTS_FILE, results_json(evaluation)),
-               write_atomic(folder / TABLES_FILE, markdown_report(evaluation).encode())]
-    for name, figure in figures(evaluation).items():
-        dpi = 72 if name.endswith("maps") else 80
-        written.append(write_atomic(folder / f"{name}.png", figure_png(figure, dpi=dpi)))
-    return written
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".saliency-eval-", dir=folder))
+    try:
+        pictures = {f"{name}.png": figure_png(figure, dpi=72 if name.endswith("maps") else 80)
+                    for name, figure in figures(evaluation).items()}
+        names = [RESULTS_FILE, TABLES_FILE, *pictures]
+        contents = {RESULTS_FILE: results_json(evaluation, files=names),
+                    TABLES_FILE: markdown_report(evaluation).encode(), **pictures}
+        for name, data in contents.items():
+            (staging / name).write_bytes(data)
+        for name in names:
+            os.replace(staging / name, folder / name)
+        return [folder / name for name in names]
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def figures(evaluation: Evaluation) -> dict[str, Figure]:
@@ -124,15 +151,19 @@ def _randomisation_tables(parts: dict) -> list[Table]:
     out = []
     for mode, curve in parts.items():
         numbered = [f"{i + 1}" for i in range(len(curve.steps))]
-        rows = [[m] + [_num(v) for v in curve.mean[m]["spearman_abs"]] for m in curve.mean]
-        rows.append(["noise (baseline)"] + [_num(curve.baseline["spearman_abs"])] * len(numbered))
+        compared = len(curve.targets) * len(curve.steps)
+        rows = [[m] + [_num(v) for v in curve.mean[m]["spearman_abs"]]
+                + [f"{sum(curve.left_out.get(m, ()))}/{compared}"] for m in curve.mean]
+        rows.append(["noise (baseline)"] + [_num(curve.baseline["spearman_abs"])] * len(numbered) + [""])
         what = ("blocks 1..i re-initialised, from the logits down" if mode == "cascading"
                 else "only block i re-initialised")
         out.append(Table(
             f"Randomisation, {mode}: Spearman rank correlation of |map| with the trained model's map",
-            ["method"] + numbered, rows,
+            ["method"] + numbered + ["left out"], rows,
             (f"Column i: {what}. Blocks: " + ", ".join(f"{i + 1} {name}" for i, name in enumerate(curve.steps)) + ".",
-             "1 = unchanged map (the method ignores the weights); near the noise row = the map changed completely.")))
+             "1 = unchanged map (the method ignores the weights); near the noise row = the map changed completely.",
+             f"left out: of the {compared} image × step comparisons, those where a map was constant (all zero, "
+             "as Grad-CAM's can be), left out of the means; a mean over fewer maps moves more with --seed.")))
     if "cascading" in parts:
         cascade, independent = parts["cascading"], parts.get("independent")
         header = ["method"] + [f"all random: {_SHORT[k]}" for k in METRICS]
@@ -316,7 +347,7 @@ def _bars(ax, groups: dict[str, dict[str, float]], baselines: dict[str, float]) 
     ax.set_xticks(range(len(groups)), list(groups), fontsize=8)
     ax.axhline(0, color="0.2", linewidth=0.6)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(fontsize=6, ncol=min(4, len(names)), loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
 
 
 _FIGURES = {"randomisation": _randomisation_figures, "class-sensitivity": _class_figures,
@@ -328,7 +359,7 @@ _FIGURES = {"randomisation": _randomisation_figures, "class-sensitivity": _class
 def _num(value: float, small: bool = False) -> str:
     """Two decimals; with ``small``, two significant digits below 0.1 (probabilities among 1000 classes)."""
     if value is None or math.isnan(value):
-        return "-"
+        return UNDEFINED
     return f"{value:.2g}" if small and 0 < abs(value) < 0.1 else f"{value:.2f}"
 
 
