@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from dataclasses import replace
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
@@ -19,7 +20,7 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import MethodNotAllowed
 
 from saliency.api.errors import RequestError, UnsupportedMediaError
-from saliency.api.parsing import PARAMETERS, ExplainRequest, check_parameters, explain_request, passes
+from saliency.api.parsing import PARAMETERS, check_parameters, explain_request
 from saliency.api.service import to_json
 from saliency.api.state import state
 from saliency.api.views import explain_outcome
@@ -51,9 +52,7 @@ def predict(name: str) -> Response:
     if parameters:
         raise RequestError(f"predict takes no parameters (got {', '.join(map(repr, list(parameters)[:5]))}); "
                            "send them to :explain")
-    settings = state().settings
-    cheapest = min(settings.methods, key=lambda m: passes(ExplainRequest(images=(b"",), names=("",), methods=(m,))))
-    req = explain_request(MultiDict([("method", cheapest)]), images, _names(images), settings)
+    req = replace(explain_request(MultiDict(), images, _names(images), state().settings), methods=())  # no maps
     body = to_json(explain_outcome(req), state().model)
     return jsonify(predictions=[result["predictions"] for result in body["results"]])
 

@@ -7,6 +7,7 @@ input shape and explains every class asked for from one forward pass per group.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -132,13 +133,23 @@ def explain_prepared(model: LoadedModel, prepared: Sequence[Prepared], methods: 
     """Explain each prepared picture for ``classes`` with ``methods``: one forward pass per input shape.
 
     Every further class costs only the methods' input-only backward passes (see
-    :func:`saliency.explain_classes`). Results come back in the order of ``prepared``.
+    :func:`saliency.explain_classes`). Results come back in the order of ``prepared``. With no
+    ``methods`` it only predicts: one forward pass without gradients, and empty ``maps``.
     """
     explained: list[Explained | None] = [None] * len(prepared)
     report = Report()
     count = classes.per_image(model.num_classes)
     for indices in groups_by_shape(prepared):
         x = torch.cat([prepared[i].tensor for i in indices])
+        if not methods:
+            with stage("explain"):
+                start = time.perf_counter()
+                probabilities, targets = _predict(model, x, classes, indices, count)
+            for row, i in enumerate(indices):
+                explained[i] = Explained(prepared=prepared[i], probabilities=probabilities[row], targets=targets[row],
+                                         maps=[{} for _ in targets[row]])
+            report.add(Report(seconds={"forward": time.perf_counter() - start}))
+            continue
         with stage("explain"):
             fixed = [t if isinstance(t, int) else [t[i] for i in indices] for t in classes.fixed]
             results = explain_classes(model.module, x, methods, fixed,
@@ -152,6 +163,16 @@ def explain_prepared(model: LoadedModel, prepared: Sequence[Prepared], methods: 
         for result in results:
             report.add(Report(list(result.warnings), dict(result.activations), dict(result.seconds), result.layer))
     return [e for e in explained if e is not None], report
+
+
+def _predict(model: LoadedModel, x: Tensor, classes: Classes, indices: list[int],
+             count: int) -> tuple[Tensor, list[list[int]]]:
+    """Class probabilities of a batch and each picture's classes, from one forward pass without gradients."""
+    with torch.inference_mode():
+        probabilities = model.module(x.to(model.device)).float().softmax(dim=1).cpu()
+    if classes.fixed:
+        return probabilities, [[t if isinstance(t, int) else t[i] for t in classes.fixed] for i in indices]
+    return probabilities, probabilities.topk(min(count, probabilities.shape[1]), dim=1).indices.tolist()
 
 
 def render(explained: Sequence[Explained], methods: Sequence[str], style: str, *, alpha: float, cmap: str,

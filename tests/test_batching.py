@@ -224,3 +224,16 @@ def test_batching_settings_from_the_environment():
     s = load_settings(environ={"SALIENCY_BATCH_SIZE": "16", "SALIENCY_BATCH_DELAY_MS": "2.5",
                                "SALIENCY_MAX_QUEUE": "4", "SALIENCY_QUEUE_TIMEOUT": "7"})
     assert (s.batch_size, s.batch_delay_ms, s.max_queue, s.queue_timeout) == (16, 2.5, 4, 7.0)
+
+
+def test_predicting_alone_is_one_forward_pass_without_maps():
+    model = load_model("demo")
+    batcher = Batcher(model, max_batch=8, delay=0.0, max_queue=4, queue_timeout=30)
+    pictures = [prepare(model, data) for data in photos(2)]
+    answer = batcher.explain(pictures, (), None, 2, {})
+    expected = model.module(torch.cat([p.tensor for p in pictures])).softmax(1)
+    for row, explained in enumerate(answer.explained):
+        torch.testing.assert_close(explained.probabilities, expected[row].detach(), rtol=1e-5, atol=1e-6)
+        assert explained.targets == expected[row].topk(2).indices.tolist()
+        assert explained.maps == [{}, {}]
+    assert set(answer.report.seconds) == {"forward"}
