@@ -97,3 +97,51 @@ def test_upload_an_example_and_compare_methods(browser, tmp_path):
         browser.find_element(By.ID, "file").send_keys(str(bad))
         wait.until(ready.visibility_of_element_located((By.ID, "error")))
         assert "not an image" in browser.find_element(By.ID, "error").text
+
+
+def test_the_page_shows_what_it_says_it_shows(browser, tmp_path):
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wide = tmp_path / "wide.png"
+    Image.open(bundled_example()).convert("RGB").resize((192, 128)).save(wide)
+    port = free_port()
+    with running_server(serve_command(port, threads=4), port, tmp_path / "server.log") as url:
+        browser.get(f"{url}/")
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "input[name=style]")) >= 2)
+        assert not browser.find_element(By.ID, "gallery").is_displayed()    # no empty card before an upload
+        icon = browser.execute_script(
+            "const r = await fetch(document.querySelector('link[rel=icon]').href);"
+            "return [r.status, r.headers.get('content-type')];")
+        assert icon[0] == 200 and icon[1].startswith("image/svg")
+
+        shown = "return [...document.querySelectorAll('.map-panel img.map')].filter(i => i.complete && " \
+                "i.naturalWidth > 0).length"
+        browser.find_element(By.ID, "file").send_keys(str(wide))
+        wait.until(lambda d: d.execute_script(shown) >= 1)
+        caption = browser.find_element(By.ID, "original-caption").text
+        assert "192 × 128" in caption and "centre crop the model saw (128 × 128 px)" in caption
+        assert browser.execute_script("return document.getElementById('original').width") == 192
+        convention = browser.find_element(By.ID, "convention").text
+        assert "shown at 80 % opacity over the centre crop" in convention and "alpha" not in convention
+
+        # overlay: the service blends at the slider's opacity, the page shows its picture as it is
+        browser.execute_script("const s = document.getElementById('opacity'); s.value = 0.3;"
+                               "s.dispatchEvent(new Event('input')); s.dispatchEvent(new Event('change'));")
+        browser.find_element(By.CSS_SELECTOR, "input[name=style][value=overlay]").click()
+        wait.until(lambda d: "alpha 0.3" in d.find_element(By.ID, "convention").text)
+        wait.until(lambda d: d.execute_script(shown) >= 1)
+        panels = browser.execute_script(
+            "return [...document.querySelectorAll('.map-panel .stack')].map(s => "
+            "[s.querySelectorAll('canvas').length, s.querySelector('img.map').style.opacity])")
+        assert panels and all(p == [0, ""] for p in panels)   # no picture under it, no second blend
+        assert "opacity over" not in browser.find_element(By.ID, "convention").text
+
+        bad = tmp_path / "not-an-image.png"
+        bad.write_text("hello")
+        browser.find_element(By.ID, "file").send_keys(str(bad))
+        wait.until(lambda d: d.find_element(By.ID, "error").is_displayed())
+        assert not browser.find_element(By.ID, "gallery").is_displayed()
+        assert not browser.find_element(By.ID, "predictions").is_displayed()

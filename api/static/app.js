@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { file: null, original: null, target: null, titles: {} };
+const state = { file: null, original: null, target: null, titles: {}, shownStyle: null };
 
 function showError(message) {
   const box = $("error");
@@ -67,7 +67,10 @@ async function explain() {
   $("run").disabled = true;
   const form = new FormData();
   form.append("image", state.file, state.file.name || "image");
-  const query = new URLSearchParams({ method: methods.join(","), style: selected("style")[0] || "heatmap" });
+  const style = selected("style")[0] || "heatmap";
+  const query = new URLSearchParams({ method: methods.join(","), style });
+  // overlay pictures are blended by the service, at the slider's opacity; other styles by the page
+  if (style === "overlay") query.set("alpha", $("opacity").value);
   if (state.target !== null) query.set("target", state.target);
   try {
     const response = await fetch(`v1/explain?${query}`, { method: "POST", body: form });
@@ -78,6 +81,8 @@ async function explain() {
   } catch (err) {
     showError(err.message);
     setStatus("");
+    for (const id of ["gallery", "predictions"]) $(id).hidden = true;  // nothing stale next to the error
+    $("convention").textContent = "";
   } finally {
     $("run").disabled = false;
   }
@@ -90,6 +95,24 @@ function whenLoaded(image) {
     image.onload = resolve;
     image.onerror = () => reject(new Error("the browser cannot display this image"));
   });
+}
+
+// The whole picture, with the centre crop the model saw outlined where it is not the whole picture.
+function drawInput(canvas, caption, box) {
+  const image = state.original;
+  if (!image) return;
+  const [width, height] = [image.naturalWidth, image.naturalHeight];
+  drawOriginal(canvas, null);
+  const [left, top, right, bottom] = box || [0, 0, width, height];
+  const whole = left === 0 && top === 0 && right === width && bottom === height;
+  if (!whole) {
+    const pen = canvas.getContext("2d");
+    pen.lineWidth = Math.max(2, Math.round(width / 128));
+    pen.strokeStyle = "#0a66c2";
+    pen.strokeRect(left, top, right - left, bottom - top);
+  }
+  caption.textContent = `Original, ${width} × ${height} px` +
+    (whole ? " (the model saw all of it)" : `: the box is the centre crop the model saw (${right - left} × ${bottom - top} px)`);
 }
 
 function drawOriginal(canvas, box) {
@@ -119,22 +142,27 @@ async function show(body) {
   if (state.original) await whenLoaded(state.original).catch(() => {});
   const gallery = $("gallery");
   gallery.querySelectorAll(".map-panel").forEach((panel) => panel.remove());
-  drawOriginal($("original"), result.box);
+  drawInput($("original"), $("original-caption"), result.box);
   const opacity = $("opacity").value;
+  const blended = body.style === "overlay";  // the service drew the map over the image already
   for (const method of body.methods) {
     const figure = document.createElement("figure");
     figure.className = "panel map-panel";
     figure.dataset.method = method;
     const stack = document.createElement("div");
     stack.className = "stack";
-    const base = document.createElement("canvas");
-    drawOriginal(base, body.style === "overlay" ? null : result.box);
     const map = document.createElement("img");
-    map.className = "map";
+    map.className = blended ? "map opaque" : "map";
     map.alt = `${method} map`;
-    map.style.opacity = opacity;
     map.src = explanation.maps[method].png;
-    stack.append(base, map);
+    if (blended) {
+      stack.append(map);
+    } else {
+      const base = document.createElement("canvas");
+      drawOriginal(base, result.box);
+      map.style.opacity = opacity;
+      stack.append(base, map);
+    }
     const caption = document.createElement("figcaption");
     const ms = body.timing.methods && body.timing.methods[method];
     caption.textContent = `${state.titles[method] || method} — ${explanation.target.label}` +
@@ -143,7 +171,9 @@ async function show(body) {
     gallery.append(figure);
   }
   gallery.hidden = false;
-  $("convention").textContent = `Convention: ${body.convention}`;
+  $("convention").textContent = `Convention: ${body.convention}` + (blended ? "." :
+    `; shown at ${Math.round(100 * opacity)} % opacity over the centre crop the model saw.`);
+  state.shownStyle = body.style;
   $("warnings").replaceChildren(...body.warnings.map((w) => Object.assign(document.createElement("li"), { textContent: w })));
 }
 
@@ -156,8 +186,11 @@ function setUp() {
   drop.addEventListener("drop", (event) => { event.preventDefault(); pickFile(event.dataTransfer.files[0]); });
   $("run").addEventListener("click", explain);
   $("opacity").addEventListener("input", (event) => {
+    if (state.shownStyle === "overlay") return;  // the service blends overlays: redrawn on release ("change")
     document.querySelectorAll("img.map").forEach((img) => { img.style.opacity = event.target.value; });
+    $("convention").textContent = $("convention").textContent.replace(/shown at \d+ %/, `shown at ${Math.round(100 * event.target.value)} %`);
   });
+  $("opacity").addEventListener("change", () => { if (state.shownStyle === "overlay") explain(); });
   document.addEventListener("change", (event) => { if (["method", "style"].includes(event.target.name)) explain(); });
   loadOptions();
 }
