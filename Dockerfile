@@ -5,7 +5,7 @@
 #   BASE               base image (a Debian-based Python 3.10+ with python3 -m venv)
 #   TORCH_PIP_ARGS     pip arguments that choose the torch wheels: the CPU index by default,
 #                      "--index-url https://download.pytorch.org/whl/cu128" for CUDA,
-#                      "--index-url https://pypi.org/simple" for PyPI's (CUDA on Linux x86-64) wheels
+#                      "" (empty) for pip's own default index (CUDA wheels on Linux x86-64)
 #   TORCH_PACKAGES     the torch distributions to install first (versions allowed, e.g. "torch==2.10.*")
 #   TORCHVISION_WEIGHTS  space-separated torchvision model names whose ImageNet weights are baked in
 ARG BASE=python:3.11-slim

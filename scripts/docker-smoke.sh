@@ -5,8 +5,8 @@
 # when podman is missing and that script exists). Exits non-zero, saying why, on any failure.
 #
 # Environment:
-#   TORCH_PIP_ARGS  the torch index arguments for the build (default: PyPI's index, since the
-#                   PyTorch CPU index may be unreachable; "--index-url https://download.pytorch.org/whl/cpu"
+#   TORCH_PIP_ARGS  the torch index arguments for the build (default: empty, pip's own default index,
+#                   since the PyTorch CPU index may be unreachable; "--index-url https://download.pytorch.org/whl/cpu"
 #                   gives the Dockerfile's default)
 #   IMAGE           image name (default: localhost/saliency)
 #   PORT            host port on 127.0.0.1 (default: a free one)
@@ -18,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 IMAGE=${IMAGE:-localhost/saliency}
-TORCH_PIP_ARGS=${TORCH_PIP_ARGS-"--index-url https://pypi.org/simple"}
+TORCH_PIP_ARGS=${TORCH_PIP_ARGS-}
 READY_SECONDS=${READY_SECONDS:-180}
 EXAMPLE=${EXAMPLE:-examples/star.png}
 EXPECT_LABEL=${EXPECT_LABEL-star}
