@@ -28,6 +28,7 @@ from saliency.errors import SaliencyError
 from saliency.models import LoadedModel
 from saliency.pipeline import Classes, Explained, Report, explain_prepared
 from saliency.preprocess import Prepared
+from saliency.units import Unit
 
 
 class Overloaded(SaliencyError):
@@ -44,7 +45,7 @@ class Job:
 
     key: tuple
     prepared: Sequence[Prepared]
-    target: int | None
+    target: int | Unit | None
     topk: int
     enqueued: float = field(default_factory=time.perf_counter)
     done: threading.Event = field(default_factory=threading.Event)
@@ -93,10 +94,10 @@ class Batcher:
             if len(self._queue) >= self.max_queue:
                 raise self._full()
 
-    def explain(self, prepared: Sequence[Prepared], methods: Sequence[str], target: int | None, topk: int,
+    def explain(self, prepared: Sequence[Prepared], methods: Sequence[str], target: int | Unit | None, topk: int,
                 options: Mapping[str, Any]) -> Answer:
         """Queue one request's pictures and wait for them to be explained (with others where they fit)."""
-        kind = ("target",) if target is not None else ("topk", topk)
+        kind = ("unit", target) if isinstance(target, Unit) else ("target",) if target is not None else ("topk", topk)
         job = Job(key=(tuple(methods), tuple(sorted(options.items())), kind), prepared=prepared,
                   target=target, topk=topk)
         with self._cond:
@@ -196,7 +197,9 @@ class Batcher:
         first = batch[0]
         methods, options, _ = first.key
         prepared = [p for job in batch for p in job.prepared]
-        if first.target is not None:
+        if isinstance(first.target, Unit):  # the same unit for every picture (the key says so)
+            classes = Classes(fixed=(first.target,))
+        elif first.target is not None:
             classes = Classes(fixed=(tuple(job.target for job in batch for _ in job.prepared),))
         else:
             classes = Classes(topk=first.topk)

@@ -17,8 +17,9 @@ from saliency.api.batching import Batcher
 from saliency.api.errors import RequestError
 from saliency.api.parsing import ExplainRequest
 from saliency.models import LoadedModel
-from saliency.pipeline import Classes, explain_prepared, prepare, render
+from saliency.pipeline import Classes, explain_prepared, prepare, render, target_of
 from saliency.render import DEFAULT_CMAP, DEFAULT_PERCENTILE, convention
+from saliency.units import Unit
 
 TOP_PREDICTIONS = 5
 
@@ -58,7 +59,7 @@ class ServicePicture:
 
     image: int
     method: str
-    target: int
+    target: int | Unit
     png: bytes
     raw: np.ndarray
 
@@ -71,12 +72,13 @@ class Outcome:
     sizes: list[tuple[int, int]]
     boxes: list[tuple[int, int, int, int]]
     probabilities: torch.Tensor            # [B, classes]
-    targets: list[list[int]]               # per image: the classes explained, in order
+    targets: list[list[int | Unit]]        # per image: the classes (or units, at their place) explained, in order
     pictures: list[ServicePicture]
     warnings: list[str]
     activations: dict[str, int]
     method_seconds: dict[str, float]
     timer: Timer
+    unit_values: list[list[float | None]] = field(default_factory=list)  # per image and target: a unit's value
 
 
 def run(model: LoadedModel, req: ExplainRequest, max_pixels: int, max_render_pixels: int | None = None,
@@ -89,7 +91,7 @@ def run(model: LoadedModel, req: ExplainRequest, max_pixels: int, max_render_pix
     own target or top-k); decoding, rendering and encoding stay in the calling thread.
     """
     timer = Timer()
-    fixed_target = None if req.target is None else model.class_index(req.target)
+    fixed_target = None if req.target is None else target_of(model, req.target)
     if batcher is not None:
         batcher.check_room()
     prepared = []
@@ -115,7 +117,8 @@ def run(model: LoadedModel, req: ExplainRequest, max_pixels: int, max_render_pix
             pictures.append(ServicePicture(drawn.image, drawn.method, drawn.target, drawn.png(), raw))
     return Outcome(request=req, sizes=[p.image.size for p in prepared], boxes=[tuple(p.box) for p in prepared],
                    probabilities=torch.stack([e.probabilities for e in explained]),
-                   targets=[e.targets for e in explained], pictures=pictures, warnings=report.warnings,
+                   targets=[e.targets for e in explained], unit_values=[e.unit_values for e in explained],
+                   pictures=pictures, warnings=report.warnings,
                    activations=report.activations, method_seconds=report.seconds, timer=timer)
 
 
@@ -129,7 +132,7 @@ def to_json(outcome: Outcome, model: LoadedModel) -> dict[str, Any]:
         for i, probs in enumerate(outcome.probabilities):
             top = probs.topk(min(TOP_PREDICTIONS, len(probs)))
             explanations = []
-            for target in outcome.targets[i]:
+            for k, target in enumerate(outcome.targets[i]):
                 maps = {}
                 for p in outcome.pictures:
                     if p.image == i and p.target == target:
@@ -137,7 +140,9 @@ def to_json(outcome: Outcome, model: LoadedModel) -> dict[str, Any]:
                         if req.raw == "npy":
                             entry["npy"] = encode_npy(p.raw)
                         maps[p.method] = entry
-                explanations.append({"target": _class(target, probs, labels), "maps": maps})
+                explained = (_unit(target, outcome.unit_values[i][k]) if isinstance(target, Unit)
+                             else _class(target, probs, labels))
+                explanations.append({"target": explained, "maps": maps})
             results.append({
                 "name": req.names[i], "width": outcome.sizes[i][0], "height": outcome.sizes[i][1],
                 "box": [int(v) for v in outcome.boxes[i]],
@@ -170,6 +175,13 @@ def encode_npy(array: np.ndarray) -> str:
 def _class(index: int, probabilities: torch.Tensor, labels: Sequence[str]) -> dict[str, Any]:
     label = labels[index] if 0 <= index < len(labels) else str(index)
     return {"index": index, "label": label, "probability": round(float(probabilities[index]), 6)}
+
+
+def _unit(unit: Unit, value: float | None) -> dict[str, Any]:
+    """A unit explained, at its place in the image: ``@max`` comes back as the row and column it chose."""
+    position = list(unit.position) if isinstance(unit.position, tuple) else None
+    return {"unit": str(unit), "label": str(unit), "layer": unit.layer, "channel": unit.channel,
+            "position": position, "value": None if value is None else round(float(value), 6)}
 
 
 def _check_drawing(req: ExplainRequest, prepared: list, classes: int, limit: int) -> None:

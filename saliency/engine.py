@@ -19,7 +19,7 @@ from saliency.errors import (CompiledModelError, InputError, ModelOutputError, N
 from saliency.graph import REENTRANT_CHECKPOINT, GraphScan
 from saliency.methods import RULE_METHODS, Method, resolve_methods, resolve_options
 from saliency.passes import ForwardPass, Target
-from saliency.units import Unit, as_target
+from saliency.units import Placed, Unit, as_target
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def explain_classes(model: nn.Module, inputs: Tensor, methods: str | Sequence[st
     chosen = resolve_methods(methods)
     settings = resolve_options(chosen, options)
     targets = [as_target(t) for t in targets]
-    units = [t for t in targets if isinstance(t, Unit)] if topk is None else []
+    units = [t for t in targets if isinstance(t, (Unit, Placed))] if topk is None else []
     x = _as_model_input(model, inputs)
     _check_layers_visible(model, chosen)
     if topk is not None and topk < 1:

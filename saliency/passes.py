@@ -35,7 +35,7 @@ class ForwardPass:
 
     def __init__(self, model: nn.Module, x: Tensor, target: Target | Placed, *, scan: bool = True,
                  capture: nn.Module | str | None = None, backward_passes: int | None = None,
-                 units: Sequence[Unit] = ()) -> None:
+                 units: Sequence[Unit | Placed] = ()) -> None:
         self.model = model
         # A tensor made under torch.inference_mode() cannot join a graph: copy it out (a normal tensor here).
         self.leaf = (x.clone() if x.is_inference() else x).detach().requires_grad_(True)
@@ -196,6 +196,14 @@ def unit_values(model: nn.Module, x: Tensor, unit: Placed) -> Tensor:
         model(x)
     unit.unit.check(layer.activation)
     return unit.unit.value(layer.activation, unit.index)
+
+
+def layer_outputs(model: nn.Module, x: Tensor, layers: Sequence[str]) -> dict[str, Tensor]:
+    """Each named layer's own output for ``x``, read as units and Grad-CAM read them, with no graph kept."""
+    modules = [find_layer(model, name) for name in layers]
+    with torch.no_grad(), _capturing(*modules) as captured:
+        model(x)
+    return {name: layer.activation for name, layer in zip(layers, captured)}
 
 
 def requested_targets(target: Target, batch: int, device: torch.device) -> tuple[Tensor, Tensor] | None:

@@ -17,12 +17,13 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from saliency.engine import explain_classes
-from saliency.errors import SaliencyError
+from saliency.engine import Explanation, explain_classes
+from saliency.errors import SaliencyError, TargetError
 from saliency.images import MAX_PIXELS, ImageSource, open_image
 from saliency.models import LoadedModel
 from saliency.preprocess import Prepared, Preprocessing
 from saliency.render import render_batch, to_png
+from saliency.units import Unit, find_layer, looks_like_unit
 
 Stage = Callable[[str], AbstractContextManager]
 """``stage(name)``: a context manager around each stage's work (e.g. a timer); by default nothing."""
@@ -37,10 +38,11 @@ class Classes:
     """The classes explained for every picture: the ``fixed`` ones, else each picture's ``topk`` most probable.
 
     An entry of ``fixed`` is one class index for every picture, or a tuple of one index per picture
-    (pictures gathered from several requests, each with its own target).
+    (pictures gathered from several requests, each with its own target), or a :class:`~saliency.Unit`
+    for every picture.
     """
 
-    fixed: tuple[int | tuple[int, ...], ...] = ()
+    fixed: tuple[int | tuple[int, ...] | Unit, ...] = ()
     topk: int = 1
 
     def per_image(self, num_classes: int) -> int:
@@ -53,13 +55,16 @@ class Explained:
     """One picture explained: its prepared input, class probabilities, and each explained class's raw maps.
 
     ``maps[k][method]``: the signed attribution for class ``targets[k]``, ``[C, H, W]`` at the
-    model input's size, float32 on the CPU.
+    model input's size, float32 on the CPU. A target that is a unit is the unit at its place in this
+    picture (``@max`` resolved to the row and column), and ``unit_values[k]`` its value (``None``
+    for a class).
     """
 
     prepared: Prepared
     probabilities: Tensor
-    targets: list[int]
+    targets: list[int | Unit]
     maps: list[dict[str, Tensor]]
+    unit_values: list[float | None] = field(default_factory=list)
 
 
 @dataclass
@@ -86,12 +91,41 @@ class Picture:
     image: int
     rank: int
     method: str
-    target: int
+    target: int | Unit
     picture: Image.Image
 
     def png(self, text: Mapping[str, str] | None = None) -> bytes:
         """The picture encoded as PNG (fast compression), with optional text chunks."""
         return to_png(self.picture, dict(text) if text else None)
+
+
+def target_of(model: LoadedModel, text: str | int) -> int | Unit:
+    """What a front end's target names: a class (a label or an index), or a unit ``LAYER:CHANNEL[@ROW,COL|@max]``.
+
+    A label that holds a ``:`` stays the label; a unit's layer is checked against the model here.
+    """
+    try:
+        return model.class_index(text)
+    except TargetError:
+        if not (isinstance(text, str) and looks_like_unit(text)):
+            raise
+    unit = Unit.parse(text)
+    find_layer(model.module, unit.layer)
+    return unit
+
+
+def check_units(model: LoadedModel, targets: Sequence[int | Unit]) -> None:
+    """Before long work: the units among ``targets`` checked (channel, position, layer shape) on a blank input
+    of the model's size, so that a unit the model lacks fails at once, in one line."""
+    units = [t for t in targets if isinstance(t, Unit)]
+    if units:
+        blank = torch.zeros((1, *model.preprocessing.shape), device=model.device)
+        explain_classes(model.module, blank, "vanilla", units)
+
+
+def target_label(target: int | Unit, labels: Sequence[str]) -> str:
+    """A target's name: the class's label, or the unit's string form."""
+    return str(target) if isinstance(target, Unit) else labels[target] if 0 <= target < len(labels) else str(target)
 
 
 def prepare(model: LoadedModel | Preprocessing, source: ImageSource, *, max_pixels: int = MAX_PIXELS,
@@ -147,18 +181,19 @@ def explain_prepared(model: LoadedModel, prepared: Sequence[Prepared], methods: 
                 probabilities, targets = _predict(model, x, classes, indices, count)
             for row, i in enumerate(indices):
                 explained[i] = Explained(prepared=prepared[i], probabilities=probabilities[row], targets=targets[row],
-                                         maps=[{} for _ in targets[row]])
+                                         unit_values=[None] * len(targets[row]), maps=[{} for _ in targets[row]])
             report.add(Report(seconds={"forward": time.perf_counter() - start}))
             continue
         with stage("explain"):
-            fixed = [t if isinstance(t, int) else [t[i] for i in indices] for t in classes.fixed]
+            fixed = [t if isinstance(t, (int, Unit)) else [t[i] for i in indices] for t in classes.fixed]
             results = explain_classes(model.module, x, methods, fixed,
                                       topk=None if classes.fixed else count, options=options, progress=progress)
             probabilities = results[0].probabilities.detach().float().cpu()
-            targets = torch.stack([r.targets for r in results], dim=1).cpu().tolist()   # [B, classes]
+            targets = [_targets_of(r) for r in results]   # [classes][B]
             maps = [{m: r[m].detach().float().cpu() for m in methods} for r in results]
         for row, i in enumerate(indices):
-            explained[i] = Explained(prepared=prepared[i], probabilities=probabilities[row], targets=targets[row],
+            explained[i] = Explained(prepared=prepared[i], probabilities=probabilities[row],
+                                     targets=[t[row][0] for t in targets], unit_values=[t[row][1] for t in targets],
                                      maps=[{m: per_class[m][row] for m in methods} for per_class in maps])
         for result in results:
             report.add(Report(list(result.warnings), dict(result.activations), dict(result.seconds), result.layer))
@@ -168,11 +203,24 @@ def explain_prepared(model: LoadedModel, prepared: Sequence[Prepared], methods: 
 def _predict(model: LoadedModel, x: Tensor, classes: Classes, indices: list[int],
              count: int) -> tuple[Tensor, list[list[int]]]:
     """Class probabilities of a batch and each picture's classes, from one forward pass without gradients."""
+    if any(isinstance(t, Unit) for t in classes.fixed):
+        raise TargetError("a unit is not a class: predicting needs class targets")
     with torch.inference_mode():
         probabilities = model.module(x.to(model.device)).float().softmax(dim=1).cpu()
     if classes.fixed:
         return probabilities, [[t if isinstance(t, int) else t[i] for t in classes.fixed] for i in indices]
     return probabilities, probabilities.topk(min(count, probabilities.shape[1]), dim=1).indices.tolist()
+
+
+def _targets_of(result: Explanation) -> list[tuple[int | Unit, float | None]]:
+    """Each sample's target in ``result`` and, for a unit, its value: the unit at its own place in the sample."""
+    if result.unit is None:
+        return [(t, None) for t in result.targets.cpu().tolist()]
+    values = result.unit_values.float().cpu().tolist()
+    if result.unit_positions is None:
+        return [(result.unit, v) for v in values]
+    return [(Unit(result.unit.layer, result.unit.channel, (r, c)), v)
+            for (r, c), v in zip(result.unit_positions.cpu().tolist(), values)]
 
 
 def render(explained: Sequence[Explained], methods: Sequence[str], style: str, *, alpha: float, cmap: str,

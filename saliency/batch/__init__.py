@@ -65,7 +65,8 @@ def explain_dataset(sources: Sequence[str], out: str, *, model: str | LoadedMode
 
     ``sources``: image files, folders, globs, list files, Parquet tables, URIs (see
     :func:`saliency.batch.sources.list_sources`). Sources already in ``out`` are skipped. Each image
-    gives one row per explained class (``targets``, else its ``topk`` most probable); an image that
+    gives one row per explained class (``targets``: labels, indices or units such as
+    ``"features.7:12@max"``; else its ``topk`` most probable); an image that
     cannot be used gives one row with ``error`` set. ``engine``: ``"local"`` (threads in this
     process) or ``"ray"`` (Ray Data; ``address`` joins a cluster, ``workers`` model actors with
     ``gpus_per_worker`` GPUs each). ``model_options``: ``weights``, ``labels``, ``input_size``,
@@ -75,7 +76,9 @@ def explain_dataset(sources: Sequence[str], out: str, *, model: str | LoadedMode
     spec = _spec(model, methods, topk, targets, options, reduce, batch_size, png, device, engine, model_options)
     spec = dataclasses.replace(spec, max_pixels=max_pixels)
     loaded = spec.load()  # a bad model, weights file or class fails here, before any work
-    spec.classes(loaded)
+    from saliency.pipeline import check_units
+
+    check_units(loaded, spec.classes(loaded).fixed)  # a unit the model lacks fails here too
     store = Store(os.fspath(out), spec.describe(loaded))
     store.open()
     done = store.done()

@@ -17,7 +17,7 @@ from saliency.errors import SaliencyError
 from saliency.images import MAX_PIXELS
 from saliency.models import LoadedModel, load_model
 from saliency.names import slug
-from saliency.pipeline import Classes, Explained, explain_prepared, prepare, render
+from saliency.pipeline import Classes, Explained, explain_prepared, prepare, render, target_label, target_of
 from saliency.preprocess import Prepared, Preprocessing
 from saliency.render import DEFAULT_ALPHA, DEFAULT_CMAP, DEFAULT_PERCENTILE, save_png
 
@@ -30,7 +30,7 @@ class JobSpec:
 
     ``model``: a model name (``demo``, a torchvision name, ``pkg.module:factory``) loaded with the
     other model fields, or an already loaded :class:`~saliency.models.LoadedModel`.
-    ``targets``: classes by label or index (each image gets each), else each image's ``topk``.
+    ``targets``: classes by label or index, or units (``"features.7:12@max"``) (each image gets each), else each image's ``topk``.
     """
 
     model: str | LoadedModel = "demo"
@@ -67,8 +67,8 @@ class JobSpec:
                 "input": list(loaded.preprocessing.shape)}
 
     def classes(self, loaded: LoadedModel) -> Classes:
-        """The class choice for ``loaded`` (labels resolved to indices)."""
-        return Classes(fixed=tuple(loaded.class_index(t) for t in self.targets), topk=self.topk)
+        """The class choice for ``loaded`` (labels resolved to indices, unit strings to units)."""
+        return Classes(fixed=tuple(target_of(loaded, t) for t in self.targets), topk=self.topk)
 
 
 @dataclass
@@ -155,8 +155,10 @@ def _rows(d: Decoded, e: Explained, labels: Sequence[str], spec: JobSpec) -> lis
                    for p, i in zip(top.values, top.indices)]
     rows = []
     for rank, (target, maps) in enumerate(zip(e.targets, e.maps)):
+        is_class = isinstance(target, int)  # else a unit: target -1, its place in the label, no probability
         row = {"source": d.source, "error": None, "width": d.width, "height": d.height, "rank": rank,
-               "target": target, "label": labels[target], "probability": float(probabilities[target]),
+               "target": target if is_class else -1, "label": target_label(target, labels),
+               "probability": float(probabilities[target]) if is_class else None,
                "predictions": predictions, "_box": d.box}
         for method, attribution in maps.items():
             values = attribution.numpy()

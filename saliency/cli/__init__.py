@@ -13,7 +13,7 @@ from saliency import __version__
 from saliency.cli.options import PROG, examples, fail, restore_threads
 from saliency.errors import SaliencyError
 
-COMMANDS: tuple[str, ...] = ("explain", "compare", "batch", "eval", "list_models", "serve", "train_demo")
+COMMANDS: tuple[str, ...] = ("explain", "compare", "batch", "features", "eval", "list_models", "serve", "train_demo")
 """The command modules of this package, in the order ``saliency --help`` lists them; each has
 ``add_parser(commands)``, which registers its subcommand. A further command is its module's name here.
 A command module imports nothing heavy (torch, torchvision, Captum) at module level or in
@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=examples("saliency explain examples/star.png",
                         "saliency compare examples/star.png --out compare.png",
                         "saliency batch photos/ --out maps.parquet",
+                        "saliency features photos/ --layer features.7 --out atlas/",
                         "saliency eval --n-images 8",
                         "saliency models",
                         "saliency serve --port 8000",
