@@ -12,6 +12,7 @@ from saliency.api.parsing import ExplainRequest, parse_explain_request
 from saliency.api.service import Outcome, run, to_json
 from saliency.api.state import state
 from saliency.models import LoadedModel, available_models
+from saliency.pipeline import target_label
 from saliency.render import STYLES, convention
 
 bp = Blueprint("saliency", __name__)
@@ -100,8 +101,9 @@ def metrics() -> Response:
 
 def _png_response(outcome: Outcome, model: LoadedModel) -> Response:
     picture = outcome.pictures[0]
-    probability = float(outcome.probabilities[0][picture.target])
-    label = model.labels[picture.target] if picture.target < len(model.labels) else str(picture.target)
+    is_class = isinstance(picture.target, int)  # else a unit, at its place: no probability
+    probability = float(outcome.probabilities[0][picture.target]) if is_class else None
+    label = target_label(picture.target, model.labels)
     response = Response(picture.png, mimetype="image/png")
     timing = outcome.timer.report()
     response.headers.update({
@@ -109,12 +111,14 @@ def _png_response(outcome: Outcome, model: LoadedModel) -> Response:
         "X-Saliency-Method": picture.method,
         "X-Saliency-Target": str(picture.target),
         "X-Saliency-Label": quote(label, safe=" "),
-        "X-Saliency-Probability": f"{probability:.6f}",
+        "X-Saliency-Probability": f"{probability:.6f}" if is_class else "",
         "X-Saliency-Style": outcome.request.style,
         "X-Saliency-Convention": quote(convention(outcome.request.style, alpha=outcome.request.alpha),
                                        safe=" ,;:()/=[]+-.'"),
         "Server-Timing": _server_timing(timing),
     })
+    if probability is None:
+        del response.headers["X-Saliency-Probability"]
     if outcome.warnings:
         response.headers["X-Saliency-Warnings"] = quote(" | ".join(outcome.warnings), safe=" ,;:()/='")
     return response
