@@ -99,6 +99,16 @@ def test_cli_explain_takes_units(capsys, tmp_path, demo, star_png):
     assert Image.open(written[f"features.7_12_{row}_{col}.png"]).text["target"] == f"features.7:12@{row},{col}"
 
 
+def test_cli_compare_takes_a_unit(capsys, tmp_path, demo, star_png):
+    image = tmp_path / "star.png"
+    image.write_bytes(star_png)
+    assert main(["compare", str(image), "--methods", "vanilla,deconvnet", "--target", UNIT,
+                 "--out", str(tmp_path / "grid.png")]) == 0
+    row, col = _library(demo, star_png, UNIT).unit_positions[0].tolist()
+    assert f"target: features.7:12@{row},{col} (unit)" in capsys.readouterr().out
+    assert (tmp_path / "grid.png").exists()
+
+
 @pytest.mark.parametrize("target, message", [
     ("features.77:1", "saliency: error: the model has no layer 'features.77'; did you mean 'features.7'"),
     ("features.7:64", "saliency: error: unit features.7:64: channel 64 is out of range"),

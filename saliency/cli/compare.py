@@ -21,7 +21,9 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("image", metavar="IMAGE", help="one image file")
     add_model_options(p)
     add_method_options(p, "--methods")
-    p.add_argument("--target", metavar="CLASS", help="class to explain, by label or index (default: the top-1 class)")
+    p.add_argument("--target", metavar="TARGET",
+                   help="class to explain, by label or index, or a unit LAYER:CHANNEL[@ROW,COL|@max] "
+                        "(default: the top-1 class)")
     add_render_options(p, default_style="heatmap")
     p.add_argument("--out", metavar="FILE", help="where to write the figure (default: IMAGE-STEM-compare.png)")
     add_threads_option(p)
@@ -34,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from saliency.engine import explain
     from saliency.images import open_image
     from saliency.methods import REGISTRY
+    from saliency.pipeline import target_of
     from saliency.render import render_batch, write_atomic
 
     path = Path(args.image)
@@ -42,13 +45,18 @@ def run(args: argparse.Namespace) -> int:
     image = open_image(path)
     set_threads(args)
     loaded = load_model(args)
-    target = loaded.class_index(class_arg(args.target)) if args.target is not None else None
+    target = target_of(loaded, class_arg(args.target)) if args.target is not None else None
     prepared = loaded.prepare(image)
     explain(loaded.module, prepared.tensor, "vanilla", target=target)  # warm-up, so timings compare fairly
     result = explain(loaded.module, prepared.tensor, methods, target=target, options=options,
                      progress=SamplingBars())
     index = int(result.targets[0])
-    label, probability = loaded.labels[index], float(result.probabilities[0, index])
+    if result.unit is None:
+        label, what, score = loaded.labels[index], f"class {index}", f", p = {float(result.probabilities[0, index]):.2f}"
+    else:  # a unit, at its place in the image
+        unit, at = result.unit, result.unit_positions
+        label = f"{unit.layer}:{unit.channel}" + ("" if at is None else "@{},{}".format(*at[0].tolist()))
+        what, score = "unit", f", value {float(result.unit_values[0]):.3g}"
     size = f"{image.width}×{image.height} px"
     if style["style"] == "overlay" or tuple(prepared.box) == (0, 0, image.width, image.height):
         panels = [Panel(prepared.image, "Input", size)]
@@ -58,14 +66,14 @@ def run(args: argparse.Namespace) -> int:
         (picture,) = render_batch(result[method], prepared=[prepared], **style)
         panels.append(Panel(picture, REGISTRY[method].title, f"{method} · {_ms(result.seconds[method])}"))
     figure = comparison_figure(
-        panels, title=f"{path.name} · model {loaded.name} · target: {label} (class {index}, p = {probability:.2f})",
+        panels, title=f"{path.name} · model {loaded.name} · target: {label} ({what}{score})",
         footnote=convention(style),
         colorbar=None if style["style"] == "rgb" else (style["cmap"], "saliency (max |attribution|, scaled)"))
     out = Path(args.out) if args.out else Path(f"{path.stem}-compare.png")
     with writing(out):
         write_atomic(out, figure_png(figure))
     print(f"{path}: {predictions(result.probabilities[0], loaded.labels)}")
-    print(f"target: {label} (class {index}) · forward pass {_ms(result.seconds['forward'])}\n")
+    print(f"target: {label} ({what}) · forward pass {_ms(result.seconds['forward'])}\n")
     print(format_table(methods, result.seconds, similarities({m: result[m][0] for m in methods})))
     print(f"\ntime: each method's own passes after the shared forward pass (timed after a warm-up run)\n"
           f"~NAME: {SIMILARITY}")
