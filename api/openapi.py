@@ -18,6 +18,10 @@ def _object(properties: dict[str, Any], **extra: Any) -> dict[str, Any]:
 
 NUMBER, STRING, INTEGER = {"type": "number"}, {"type": "string"}, {"type": "integer"}
 CLASS = _object({"index": INTEGER, "label": STRING, "probability": {"type": "number", "minimum": 0, "maximum": 1}})
+UNIT = _object({"unit": {**STRING, "description": "LAYER:CHANNEL or LAYER:CHANNEL@ROW,COL (@max at its place)"},
+                "label": STRING, "layer": STRING, "channel": INTEGER,
+                "position": {"type": ["array", "null"], "items": INTEGER, "minItems": 2, "maxItems": 2},
+                "value": {**NUMBER, "description": "The unit's value in this image."}})
 ERROR_SCHEMA = _object({"error": {**STRING, "description": "A short code, e.g. unknown_method."},
                         "detail": {**STRING, "description": "What went wrong and what to do."}},
                        additionalProperties=False)
@@ -34,7 +38,7 @@ EXPLANATION_SCHEMA = _object({
                 "description": "left, top, right, bottom: the region of the image the model saw"},
         "predictions": {"type": "array", "items": CLASS, "maxItems": 5},
         "explanations": {"type": "array", "description": "One entry per explained class.", "items": _object({
-            "target": CLASS,
+            "target": {"oneOf": [CLASS, UNIT]},
             "maps": {"type": "object", "description": "Per method: the picture, and the raw map if asked.",
                      "additionalProperties": {
                          "type": "object", "required": ["png"],
@@ -169,7 +173,10 @@ def _explain(methods: list[str], settings: Settings) -> dict[str, Any]:
         "parameters": [
             query("method", {"type": "array", "items": {"type": "string", "enum": methods + ["all"]}},
                   f"One or several methods (repeat or comma-separate), or 'all'. Default: {settings.default_method}."),
-            query("target", {"type": "string"}, "Class to explain: an index or a label. Default: each image's top class."),
+            query("target", {"type": "string"},
+                  "Class to explain: an index or a label; or a unit of a layer, LAYER:CHANNEL (the channel's "
+                  "sum), LAYER:CHANNEL@ROW,COL or LAYER:CHANNEL@max (its strongest position in each image). "
+                  "Default: each image's top class."),
             query("topk", {"type": "integer", "minimum": 1, "maximum": settings.max_topk},
                   "Explain each image's k most likely classes (instead of target)."),
             query("style", {"type": "string", "enum": list(STYLES)}, "How maps are drawn."),

@@ -63,6 +63,16 @@ def test_http_target_names_a_unit(client, demo, star_png):
     np.testing.assert_allclose(raw, expected["guided"][0].numpy(), rtol=1e-4, atol=1e-7)
 
 
+def test_http_answers_for_units_match_the_documented_schema(client, star_png):
+    from openapi_schema_validator import OAS31Validator
+
+    schema = client.get("/openapi.json").get_json()["components"]["schemas"]["Explanation"]
+    for target in (UNIT, "features.7:3", "classifier:2"):
+        answer = _post(client, star_png, f"?target={target}&method=vanilla").get_json()
+        OAS31Validator(schema).validate(answer)
+        assert answer["results"][0]["explanations"][0]["target"]["layer"] == target.split(":")[0]
+
+
 def test_http_png_of_a_unit_says_which_unit(client, star_png):
     response = _post(client, star_png, "?target=features.7.0:3&method=deconvnet&format=png")
     assert response.status_code == 200, response.get_data(as_text=True)
