@@ -1,6 +1,7 @@
 """The feature atlas: top-k per channel, crop boxes from the projections' support, the `saliency features` command."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,3 +178,21 @@ def test_an_unreadable_image_is_left_out_and_reported(capsys, tmp_path, shapes):
     assert "1 of 4 images could not be read" in capsys.readouterr().err
     report = json.loads((tmp_path / "atlas" / "atlas.json").read_text())
     assert report["images"] == 3 and report["failed"] == [str(folder / "broken.png")]
+
+
+def test_the_readme_atlas_is_what_the_command_draws(tmp_path, monkeypatch):
+    """docs/atlas/ holds what the README's two commands make, offline, on the bundled demo model."""
+    docs = Path(__file__).parent.parent / "docs" / "atlas"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "shapes").mkdir()
+    for i in range(256):
+        make_sample(i, seed=1).pil().save(f"shapes/{i:03d}.png")
+    assert main(["features", "shapes/", "--layer", "features.7", "--top-channels", "8", "--top", "6",
+                 "--out", "atlas"]) == 0
+    made, committed = (json.loads((folder / "atlas.json").read_text()) for folder in (tmp_path / "atlas", docs))
+    assert made["images"] == committed["images"] == 256
+    for ours, theirs in zip(made["layers"][0]["channels"], committed["layers"][0]["channels"], strict=True):
+        assert ours["channel"] == theirs["channel"]
+        assert [(u["image"], u["unit"], u["box"]) for u in ours["units"]] == \
+            [(u["image"], u["unit"], u["box"]) for u in theirs["units"]]
+    assert Image.open(tmp_path / "atlas" / "features.7.png").size == Image.open(docs / "features.7.png").size
