@@ -10,6 +10,7 @@ import torch
 from flask import Flask
 
 import saliency
+from saliency.api import budget, security
 from saliency.api.batching import Batcher
 from saliency.api.config import load_settings
 from saliency.api.errors import register_error_handlers
@@ -48,6 +49,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
                       max_queue=settings.max_queue, queue_timeout=settings.queue_timeout, metrics=metrics)
     app.extensions[EXTENSION] = AppState(settings=settings, model=model, metrics=metrics, batcher=batcher)
     metrics.install(app)
+    budget.install(app, settings)
+    security.install(app)
     register_error_handlers(app)
     app.register_blueprint(bp)
     app.register_blueprint(kserve_bp)

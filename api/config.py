@@ -46,7 +46,7 @@ class Settings:
     graceful_timeout: int | None = None  #: seconds requests in flight may finish after SIGTERM (None: timeout)
     header_timeout: float = 10.0        #: seconds a client has to send a whole request head (else dropped)
     body_timeout: float = 60.0          #: seconds a client has, after the head, to send the whole body
-    memory_budget_mb: float = 1024.0    #: most MB of pictures one worker decodes and draws at once (over: 413)
+    memory_budget_mb: float = 1536.0    #: most MB of pictures one worker decodes and draws at once (over: 413)
     memory_wait: float = 5.0            #: seconds a request waits for room in the budget before a 503
     batch_size: int = 8                 #: most images one model call explains, gathered across requests
     batch_delay_ms: float = 5.0         #: longest a request waits for others to share its model call (0: off)

@@ -8,8 +8,12 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from flask import Request
+from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
+from werkzeug.utils import cached_property
+from werkzeug.wsgi import get_input_stream
 from werkzeug.datastructures import MultiDict
 
+from saliency.api.budget import reserve
 from saliency.api.config import Settings
 from saliency.api.errors import RequestError, UnsupportedMediaError
 from saliency.errors import ImageError, UnknownMethodError, UnknownModelError
@@ -25,12 +29,67 @@ COSTLY_OPTIONS = ("samples", "steps", "batch_size")
 PARAMETERS = ("method", "target", "topk", "style", "format", "raw", "alpha", "model") + OPTIONS
 
 
+class BodyTooLarge(RequestEntityTooLarge):
+    """A body over the upload limit, whether it came with a Content-Length or chunked."""
+
+
 class InMemoryRequest(Request):
-    """A request whose uploaded files stay in memory: nothing a client sends is written to disk."""
+    """A request whose uploaded files stay in memory: nothing a client sends is written to disk.
+
+    Its body is read whole or refused, however it is framed: more than ``MAX_CONTENT_LENGTH``
+    bytes is a 413 (a chunked body is never cut short silently), a body the server cannot decode
+    (a malformed chunk) a 400, and a form with too many parts a 413 that says so.
+    """
 
     def _get_file_stream(self, total_content_length: int | None, content_type: str | None,
                          filename: str | None = None, content_length: int | None = None) -> IO[bytes]:
         return io.BytesIO()
+
+    @property
+    def max_form_memory_size(self) -> int | None:
+        return self.max_content_length  # a text field is bounded by the body limit, like a file
+
+    @cached_property
+    def stream(self) -> IO[bytes]:  # type: ignore[override]
+        limit = self.max_content_length
+        inner = get_input_stream(self.environ, max_content_length=None if limit is None else limit + 1)
+        return inner if limit is None else _CheckedBody(inner, limit)
+
+    def _load_form_data(self) -> None:
+        try:
+            super()._load_form_data()
+        except RequestEntityTooLarge as exc:
+            limit = self.max_content_length
+            if isinstance(exc, BodyTooLarge) or (limit is not None and (self.content_length or 0) > limit):
+                raise
+            raise RequestEntityTooLarge(
+                f"the form has more than {self.max_form_parts} parts, the most this server reads; send the "
+                "image(s) as the field 'image' and the parameters in the query") from None
+
+
+class _CheckedBody(io.RawIOBase):
+    """The body stream, refusing more than ``limit`` bytes and turning a server's decoding error into a 400."""
+
+    def __init__(self, stream: IO[bytes], limit: int) -> None:
+        self._stream, self._limit, self._read = stream, limit, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            data = self._stream.read(len(buffer))
+        except HTTPException:
+            raise
+        except Exception as exc:  # e.g. gunicorn's InvalidChunkSize: the client sent a broken body
+            raise BadRequest(f"the request body is malformed ({type(exc).__name__}); send a well-formed "
+                             "chunked body, or the body with a Content-Length") from None
+        self._read += len(data)
+        if self._read > self._limit:
+            raise BodyTooLarge(f"the request body is larger than this server accepts "
+                               f"({self._limit / 1024 / 1024:.3g} MB), however it is sent; send a smaller image")
+        buffer[:len(data)] = data
+        return len(data)
 
 
 @dataclass(frozen=True)
@@ -139,14 +198,13 @@ def _methods(raw: list[str], settings: Settings) -> tuple[str, ...]:
     names = [part.strip() for item in raw for part in item.split(",") if part.strip()]
     if not names:
         return (settings.default_method,)
-    if "all" in names:
-        return settings.methods
-    chosen = tuple(m.name for m in resolve_methods(names))
+    named = [n for n in names if n != "all"]  # every name is checked, even beside 'all'
+    chosen = tuple(m.name for m in resolve_methods(named)) if named else ()
     refused = [n for n in chosen if n not in settings.methods]
     if refused:
         raise UnknownMethodError(f"method {', '.join(map(repr, refused))} is not offered by this server; "
                                  f"choose from {', '.join(settings.methods)} or 'all'")
-    return chosen
+    return settings.methods if "all" in names else chosen
 
 
 def _options(values, methods: tuple[str, ...], settings: Settings) -> tuple[tuple[str, Any], ...]:
@@ -175,6 +233,7 @@ def _check_work(req: ExplainRequest, settings: Settings) -> None:
         raise RequestError(f"this request needs {cost} backward passes (images × classes × samples or steps "
                            f"per method); this server allows {settings.max_passes}: send fewer images, "
                            "classes or samples, or split it")
+    reserve(req)  # the work is allowed: hold its pictures' memory in this worker's budget until it ends
 
 
 def _number(raw: str | None, name: str, low: float, high: float, kind: type[int] | type[float] = float) -> Any:

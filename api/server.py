@@ -1,4 +1,5 @@
-"""Run the service: gunicorn in production (threads and workers from settings), Flask's server with ``dev``."""
+"""Run the service: gunicorn in production (workers from settings, each serving with waitress's
+buffering threads, see :mod:`saliency.api.worker`), Flask's server with ``dev``."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from saliency.api.config import load_settings
 from saliency.errors import SaliencyError
 
 log = logging.getLogger("gunicorn.error")
+WORKER_CLASS = "saliency.api.worker.WaitressWorker"
 WORKER_BOOT_ERROR = Arbiter.WORKER_BOOT_ERROR
 APP_LOAD_ERROR = Arbiter.APP_LOAD_ERROR
 
@@ -67,9 +69,9 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None,
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "workers": workers or resolved.workers,
         "threads": threads or resolved.threads,
-        "worker_class": "gthread",
+        "worker_class": WORKER_CLASS,  # waitress inside: slow clients hold no thread
         "timeout": resolved.timeout,
-        "graceful_timeout": 10,
+        "graceful_timeout": resolved.shutdown_seconds,
         "accesslog": "-",
         "preload_app": False,
         "control_socket_disable": True,  # several servers may share a host; nothing uses it

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import PurePath
 from urllib.parse import quote
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -59,7 +61,7 @@ def models() -> Response:
                            "input_size": s.model.preprocessing.crop, "classes": len(s.model.labels),
                            "weights_on_disk": True, "loaded": True})
     serving = {"name": s.model.name, "classes": len(s.model.labels), "input_size": s.model.preprocessing.crop,
-               "weights": s.model.weights}
+               "weights": _file_names_only(s.model.weights)}
     return jsonify(models=[s.model.name], serving=serving, catalog=entries)  # models: KServe's list of served names
 
 
@@ -122,6 +124,11 @@ def _png_response(outcome: Outcome, model: LoadedModel) -> Response:
     if outcome.warnings:
         response.headers["X-Saliency-Warnings"] = quote(" | ".join(outcome.warnings), safe=" ,;:()/='")
     return response
+
+
+def _file_names_only(text: str) -> str:
+    """``file '/srv/models/net.pt'`` → ``file 'net.pt'``: where files lie on the server is not shown."""
+    return re.sub(r"'([^']*)'", lambda m: "'" + PurePath(m.group(1)).name + "'", text)
 
 
 def _server_timing(timing: dict) -> str:

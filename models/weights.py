@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -39,18 +40,19 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
         where = "is a folder" if file.is_dir() else "does not exist"
         raise WeightsError(f"weights file '{file}' {where}; pass the path of a saved state dict")
     try:
-        loaded = torch.load(file, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols say nothing the error does not
+            warnings.simplefilter("ignore")
+            loaded = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "unsupported global" not in str(exc).lower():   # garbage, not a file of Python objects
-            raise WeightsError(f"cannot read weights file '{file}' ({exc}); is it a file saved by "
-                               "torch.save and complete?") from exc
+            raise WeightsError(_not_a_state_dict(file)) from None
         raise WeightsError(
-            f"weights file '{file}' holds Python objects that are not loaded for safety "
-            "(torch.load with weights_only=True refused it); save torch.save(model.state_dict(), path) "
-            "instead") from exc
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise WeightsError(f"cannot read weights file '{file}' ({exc}); is it a file saved by "
-                           "torch.save and complete?") from exc
+            f"weights file '{file}' holds Python objects that are not loaded for safety; "
+            "save torch.save(model.state_dict(), path) instead") from None
+    except OSError as exc:
+        raise WeightsError(f"cannot read weights file '{file}': {exc.strerror or exc}") from None
+    except Exception:  # torch's reasons for other files are several lines and suggest loading unsafely
+        raise WeightsError(_not_a_state_dict(file)) from None
     state = _unwrap(loaded)
     if state is None:
         raise WeightsError(f"weights file '{file}' does not hold a state dict (found "
@@ -58,6 +60,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
+
+
+def _not_a_state_dict(file: Path) -> str:
+    return (f"weights file '{file}' is not a state dict saved by torch.save (or it is incomplete); "
+            "save torch.save(model.state_dict(), path) and pass that file")
 
 
 def _unwrap(loaded: object) -> dict[str, Tensor] | None:

@@ -49,6 +49,17 @@ def open_image(source: ImageSource, *, max_pixels: int = MAX_PIXELS, max_side: i
         return _to_rgb(upright, name)
 
 
+def peek(source: ImageSource) -> tuple[tuple[int, int], str]:
+    """``(width, height)`` and Pillow mode of ``source`` read from its header, nothing decoded.
+
+    For sizing the work before it is done; raises :class:`~saliency.errors.ImageError` as
+    :func:`open_image` would for a file that is not an image.
+    """
+    data, name = _read(source)
+    with _open(data, name) as im:
+        return im.size, im.mode
+
+
 def _read(source: ImageSource) -> tuple[bytes, str]:
     """The raw bytes of ``source`` and a name for messages."""
     if isinstance(source, (bytes, bytearray, memoryview)):

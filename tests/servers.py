@@ -21,6 +21,14 @@ def free_port() -> int:
 def running_server(command: list[str], port: int, log_path: Path, env: dict[str, str] | None = None,
                    startup_s: float = 120.0):
     """Start ``command`` (a server on ``port``), wait until ``/readyz`` answers, stop it afterwards."""
+    with server_process(command, port, log_path, env, startup_s) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def server_process(command: list[str], port: int, log_path: Path, env: dict[str, str] | None = None,
+                   startup_s: float = 120.0):
+    """:func:`running_server` yielding ``(url, process)``, for tests that signal or watch the process."""
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                    env={**os.environ, **(env or {})})
@@ -36,7 +44,7 @@ def running_server(command: list[str], port: int, log_path: Path, env: dict[str,
                 if time.monotonic() > deadline:
                     pytest.fail(f"the server did not become ready:\n{log_path.read_text()[-3000:]}")
                 time.sleep(0.2)
-            yield url
+            yield url, process
         finally:
             process.terminate()
             try:
@@ -44,3 +52,9 @@ def running_server(command: list[str], port: int, log_path: Path, env: dict[str,
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def worker_pids(master: int) -> list[int]:
+    """The process ids of ``master``'s children (gunicorn's workers)."""
+    children = Path(f"/proc/{master}/task/{master}/children")
+    return [int(p) for p in children.read_text().split()] if children.exists() else []

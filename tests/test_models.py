@@ -6,6 +6,7 @@ Nothing here touches the network: downloads are switched off and sockets refuse 
 from __future__ import annotations
 
 import json
+import pickle
 import socket
 import textwrap
 
@@ -213,7 +214,10 @@ def test_download_false_wins_over_the_environment(monkeypatch):
 
 
 @pytest.mark.parametrize("content, words", [
-    (b"", "cannot read"), (b"not a torch file", "cannot read"), (None, "weights_only"),
+    (b"", "is not a state dict saved by torch.save"),
+    (b"not a torch file\n", "is not a state dict saved by torch.save"),
+    (pickle.dumps({"a": 1}), "is not a state dict saved by torch.save"),   # a plain pickle
+    (None, "not loaded for safety"),
 ])
 def test_unreadable_or_unsafe_weights_files(tmp_path, content, words):
     path = tmp_path / "bad.pth"
@@ -221,8 +225,10 @@ def test_unreadable_or_unsafe_weights_files(tmp_path, content, words):
         torch.save(torch.nn.Linear(2, 2), path)          # a pickled module, not a state dict
     else:
         path.write_bytes(content)
-    with pytest.raises(WeightsError, match=words):
+    with pytest.raises(WeightsError, match=words) as caught:
         load_model("resnet18", weights=path)
+    message = str(caught.value)
+    assert "\n" not in message and "weights_only=False" not in message   # one line, never "turn safety off"
     with pytest.raises(WeightsError, match="does not exist"):
         load_model("resnet18", weights=tmp_path / "missing.pth")
 
