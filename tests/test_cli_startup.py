@@ -98,6 +98,7 @@ def test_threads_come_from_the_option_then_the_variable_then_the_model(monkeypat
 def test_each_model_command_runs_on_the_threads_asked_and_leaves_torch_as_it_was(monkeypatch, capsys, tmp_path,
                                                                                 command):
     import saliency.engine
+    import saliency.pipeline
 
     seen = []
     real = saliency.engine.explain_classes
@@ -106,7 +107,8 @@ def test_each_model_command_runs_on_the_threads_asked_and_leaves_torch_as_it_was
         seen.append(torch.get_num_threads())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(saliency.engine, "explain_classes", spy)
+    for module in (saliency.engine, saliency.pipeline):  # the pipeline holds its own reference
+        monkeypatch.setattr(module, "explain_classes", spy)
     before = torch.get_num_threads()
     argv = {"explain": ["explain", str(STAR), "--out", str(tmp_path)],
             "compare": ["compare", str(STAR), "--out", str(tmp_path / "c.png")],
