@@ -34,7 +34,7 @@ class BodyTooLarge(RequestEntityTooLarge):
 
 
 class InMemoryRequest(Request):
-    """A request whose uploaded files stay in memory: nothing a client sends is written to disk.
+    """A request whose uploaded files stay in memory (the form parser writes no temporary files).
 
     Its body is read whole or refused, however it is framed: more than ``MAX_CONTENT_LENGTH``
     bytes is a 413 (a chunked body is never cut short silently), a body the server cannot decode

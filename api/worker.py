@@ -111,6 +111,8 @@ class WaitressWorker(Worker):
 
     def run(self) -> None:
         settings = self._settings()
+        # waitress warns on every request that waits for a thread; the batcher's metrics say that better
+        logging.getLogger("waitress.queue").setLevel(logging.ERROR)
         dispatcher = ThreadedTaskDispatcher()
         dispatcher.set_thread_count(self.cfg.threads)
         socket_map: dict[int, Any] = {}

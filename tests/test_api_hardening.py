@@ -82,3 +82,11 @@ def test_security_headers(client):
                client.post("/v1/explain", data=b"text", content_type="image/png")]
     assert [a.headers.get("X-Content-Type-Options") for a in answers] == ["nosniff"] * len(answers)
     assert "Content-Security-Policy" not in answers[1].headers   # JSON needs no page policy
+
+
+@pytest.mark.parametrize("name, value", [("header_timeout", "0"), ("body_timeout", "soon"), ("memory_budget_mb", "-1"),
+                                         ("graceful_timeout", "1.5"), ("memory_wait", "inf")])
+def test_server_limits_must_be_positive_numbers(name, value):
+    from saliency.api.config import ConfigError, load_settings
+    with pytest.raises(ConfigError, match=f"SALIENCY_{name.upper()} must be a positive number"):
+        load_settings({name: value}, environ={})
