@@ -226,7 +226,7 @@ def feature_atlas(model: LoadedModel, sources: Sequence[str], layers: Sequence[s
         raise OptionError("give either channels or top_channels, not both")
     (chosen,) = resolve_methods([method])
     layers = list(dict.fromkeys(layers))
-    check_units(model, [Unit(layer, c) for layer in layers for c in (channels or [0])])  # before any scanning
+    check_units(model, [Unit(layer, max(channels or [0])) for layer in layers])  # each layer and channel, before the scan
     listed = list(list_sources(sources))
     if engine == "ray":
         strongest, failed = _scan_ray(model, listed, layers, top, batch_size, workers, address, max_pixels, progress)
@@ -238,7 +238,8 @@ def feature_atlas(model: LoadedModel, sources: Sequence[str], layers: Sequence[s
     atlas = Atlas(model, chosen.name, top, [s.id for s in listed], [s for _, s in sorted(failed)], [])
     for layer in layers:
         keeper = strongest[layer]
-        drawn = list(channels) if channels is not None else keeper.strongest_channels(top_channels or DEFAULT_TOP_CHANNELS)
+        drawn = (list(channels) if channels is not None
+                 else keeper.strongest_channels(top_channels or DEFAULT_TOP_CHANNELS))
         strength = keeper.strength()
         atlas.layers.append(LayerAtlas(layer, keeper.map_shape, drawn, {c: keeper.entries(c) for c in drawn},
                                        {c: float(strength[c]) for c in drawn}))
