@@ -53,6 +53,9 @@ class JSONErrorTask(ErrorTask):
         if error.code == 413:
             detail = (f"the request body is larger than this server accepts ({limit / 1024 / 1024:.3g} MB), "
                       "however it is sent; send a smaller image")
+        elif error.code == 431:
+            detail = (f"the request head is larger than this server reads ({MAX_HEAD_BYTES // 1024} kB); "
+                      "send fewer or shorter header fields")
         else:
             detail = f"the request is malformed ({error.body}); send a well-formed HTTP request"
         code = error.reason.lower().replace(" ", "_")
