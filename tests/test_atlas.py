@@ -155,7 +155,7 @@ def test_the_features_command_on_the_demo_model(capsys, tmp_path, shapes):
 
 @pytest.mark.parametrize("argv, message", [
     (["--layer", "features.77"], "saliency: error: the model has no layer 'features.77'; did you mean 'features.7'"),
-    (["--layer", "features.7", "--channels", "60-70"], "saliency: error: unit features.7:64: channel 64 is out of range"),
+    (["--layer", "features.7", "--channels", "60-70"], "saliency: error: unit features.7:70: channel 70 is out of range"),
     (["--layer", "features.7", "--channels", "x"], "saliency: error: channels must be numbers or ranges"),
     (["--layer", "features.7", "--method", "lime"], "saliency: error: unknown method 'lime'"),
     (["--layer", "features.7", "--workers", "2"], "saliency: error: --address and --workers need --engine ray"),
