@@ -1,4 +1,4 @@
-# The saliency HTTP service: gunicorn serving saliency.api.wsgi:app on port 8000.
+# The saliency HTTP service: gunicorn (waitress workers) serving saliency.api.wsgi:app on port 8000.
 #   docker build -t saliency .                   # CPU-only torch (default)
 #   docker run --rm -p 127.0.0.1:8000:8000 saliency
 # Build arguments (see README, "Docker"):
@@ -63,5 +63,8 @@ ENV SALIENCY_MODEL=demo \
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
-# A shell only to read the SALIENCY_* numbers; exec hands PID 1 (and signals) to gunicorn.
-CMD ["/bin/sh", "-c", "exec gunicorn --bind 0.0.0.0:8000 --worker-class gthread --workers \"$SALIENCY_WORKERS\" --threads \"$SALIENCY_THREADS\" --timeout \"$SALIENCY_TIMEOUT\" --graceful-timeout 10 --access-logfile - saliency.api.wsgi:app"]
+# A shell only to read the SALIENCY_* numbers; exec hands PID 1 (and signals) to gunicorn. The
+# waitress worker reads whole requests before a thread sees them (slow clients hold no thread) and
+# drops late ones (SALIENCY_HEADER_TIMEOUT, SALIENCY_BODY_TIMEOUT). On SIGTERM requests in flight
+# get SALIENCY_GRACEFUL_TIMEOUT (default: SALIENCY_TIMEOUT) seconds: stop with docker stop -t 130.
+CMD ["/bin/sh", "-c", "exec gunicorn --bind 0.0.0.0:8000 --worker-class saliency.api.worker.WaitressWorker --workers \"$SALIENCY_WORKERS\" --threads \"$SALIENCY_THREADS\" --timeout \"$SALIENCY_TIMEOUT\" --graceful-timeout \"${SALIENCY_GRACEFUL_TIMEOUT:-$SALIENCY_TIMEOUT}\" --access-logfile - saliency.api.wsgi:app"]

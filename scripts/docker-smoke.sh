@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Docker image, runs it on 127.0.0.1 and checks it serves: /healthz answers, a bundled
-# example comes back as a PNG heatmap from /v1/explain, a bad upload gets a 4xx JSON error.
+# example comes back as a PNG heatmap from /v1/explain, a bad upload gets a 4xx JSON error, silent
+# sockets do not stall it, a malformed chunk gets a 400, and SIGTERM stops it with exit status 0.
 # Uses docker when an engine answers, podman otherwise (set up by ../shared/docker/setup-podman.sh
 # when podman is missing and that script exists). Exits non-zero, saying why, on any failure.
 #
@@ -115,16 +116,17 @@ while True:
     time.sleep(1)
 print("docker-smoke: /healthz ok")
 
-def get(path):
+def get(path, accept="*/*"):
     try:
-        with urllib.request.urlopen(base + path, timeout=10) as response:
+        request = urllib.request.Request(base + path, headers={"Accept": accept})
+        with urllib.request.urlopen(request, timeout=10) as response:
             return response.read()
     except urllib.error.HTTPError as error:
         check(False, f"GET {path} answered {error.code}: {error.read()[:300]!r}")
 
 
 check(json.loads(get("/readyz")).get("status") == "ready", "/readyz does not say ready")
-page = get("/")
+page = get("/", accept="text/html")  # as a browser asks; "/" answers JSON liveness otherwise
 check(b"<html" in page.lower(), "the web page at / is not HTML (static files missing from the image?)")
 print("docker-smoke: /readyz ready, web page served")
 
@@ -149,6 +151,24 @@ except ValueError:
     error = None
 check(isinstance(error, dict) and "error" in error, f"the {status} answer is not a JSON error: {body[:300]!r}")
 print(f"docker-smoke: a bad upload answered {status} {error['error']!r}")
+
+# Slow clients: more silent half-sent requests than the image has threads must not stall the service.
+import socket
+silent = [socket.create_connection(("127.0.0.1", int(port))) for _ in range(12)]
+for s in silent:
+    s.sendall(b"POST /v1/explain HTTP/1.1\r\nHost: x\r\nContent-Typ")
+started = time.monotonic()
+check(json.loads(get("/healthz")).get("status") == "ok", "/healthz did not answer beside 12 silent sockets")
+waited = time.monotonic() - started
+check(waited < 3, f"/healthz took {waited:.1f} s beside 12 silent sockets (slow clients hold threads)")
+for s in silent:
+    s.close()
+with socket.create_connection(("127.0.0.1", int(port)), timeout=10) as s:
+    s.sendall(b"POST /v1/explain HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+              b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n")
+    answer = s.recv(65536)
+check(answer.startswith(b"HTTP/1.1 400"), f"a malformed chunk answered {answer[:80]!r}, not 400")
+print(f"docker-smoke: 12 silent sockets left /healthz at {waited * 1000:.0f} ms; a malformed chunk answered 400")
 PY
 
 user=$("$engine" exec "$container" id -u) || { show_logs; fail "cannot run a command in the container"; }
@@ -160,4 +180,8 @@ else
         || { show_logs; fail "the image's health check command fails"; }
 fi
 step "runs as uid $user, health check passes"
+"$engine" stop -t 30 "$container" >/dev/null || fail "$engine stop failed"
+code=$("$engine" inspect --format '{{.State.ExitCode}}' "$container")
+[[ $code == 0 ]] || { show_logs; fail "the service exited with $code on SIGTERM, not 0"; }
+step "stops on SIGTERM with exit status 0"
 step "passed"
