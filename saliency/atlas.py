@@ -328,16 +328,10 @@ def _scan_ray(model: LoadedModel, sources: Sequence[Source], layers: Sequence[st
               workers: int, address: str | None, max_pixels: int | None,
               progress: Progress | None) -> tuple[dict[str, Strongest], list]:
     """The scan on Ray Data: decode tasks, then model actors returning each image's per-channel maxima."""
-    from saliency.batch.ray_engine import _decode_table, decode_tasks, require_ray, torch_threads, worker_cpus
+    from saliency.batch.ray_engine import connect, decode_table, decode_tasks, torch_threads, worker_cpus
     from saliency.images import MAX_PIXELS
 
-    ray = require_ray()
-    if not ray.is_initialized():
-        try:
-            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise SaliencyError(f"cannot join the Ray cluster at {address or 'a new local one'}: "
-                                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    ray = connect(address)
     strongest = {layer: Strongest(top) for layer in layers}
     if not sources:
         return strongest, []
@@ -346,7 +340,7 @@ def _scan_ray(model: LoadedModel, sources: Sequence[Source], layers: Sequence[st
     dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // batch_size, 4 * workers)))
     decoded = dataset.map_batches(_decode_with_index, batch_size=batch_size, batch_format="pyarrow", num_cpus=0,
                                   compute=ray.data.TaskPoolStrategy(size=decode_tasks(cpus, workers)),
-                                  fn_kwargs={"preprocessing": model.preprocessing, "decode_table": _decode_table,
+                                  fn_kwargs={"preprocessing": model.preprocessing, "decode_table": decode_table,
                                              "max_pixels": max_pixels or MAX_PIXELS})
     scanned = decoded.map_batches(
         _Scanner, batch_size=batch_size, batch_format="pyarrow",

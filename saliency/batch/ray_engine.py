@@ -54,10 +54,8 @@ def require_ray() -> Any:
     return ray
 
 
-def run_ray(spec: JobSpec, preprocessing: Preprocessing, sources: Sequence[Source], store: Store, shard_size: int,
-            progress: Progress, *,
-            workers: int = 1, gpus_per_worker: float = 0, address: str | None = None) -> tuple[int, list[str]]:
-    """Explain ``sources`` into ``store`` on a Ray cluster (joined at ``address``, else started here)."""
+def connect(address: str | None) -> Any:
+    """The ``ray`` module, joined to the cluster at ``address`` (or to a new local one) unless already joined."""
     ray = require_ray()
     if not ray.is_initialized():
         try:
@@ -65,6 +63,14 @@ def run_ray(spec: JobSpec, preprocessing: Preprocessing, sources: Sequence[Sourc
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise SaliencyError(f"cannot join the Ray cluster at {address or 'a new local one'}: "
                                 f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    return ray
+
+
+def run_ray(spec: JobSpec, preprocessing: Preprocessing, sources: Sequence[Source], store: Store, shard_size: int,
+            progress: Progress, *,
+            workers: int = 1, gpus_per_worker: float = 0, address: str | None = None) -> tuple[int, list[str]]:
+    """Explain ``sources`` into ``store`` on a Ray cluster (joined at ``address``, else started here)."""
+    ray = connect(address)
     if not sources:
         return 0, []
     items = [{"source": s.id, "data": s.data} for s in sources]
@@ -73,7 +79,7 @@ def run_ray(spec: JobSpec, preprocessing: Preprocessing, sources: Sequence[Sourc
     # Decode tasks ask the scheduler for no CPU (a pool size bounds them instead): the actors hold their
     # CPUs until the job ends, so after a lost node their restarts can take every CPU left, and a decode
     # task that must run again (it ran there, or its output was stored there) would wait forever.
-    decoded = dataset.map_batches(_decode_table, batch_size=shard_size, batch_format="pyarrow",
+    decoded = dataset.map_batches(decode_table, batch_size=shard_size, batch_format="pyarrow",
                                   num_cpus=0, compute=ray.data.TaskPoolStrategy(size=decode_tasks(cpus, workers)),
                                   scheduling_strategy="DEFAULT",
                                   fn_kwargs={"preprocessing": preprocessing, "max_pixels": spec.max_pixels})
@@ -96,7 +102,7 @@ def run_ray(spec: JobSpec, preprocessing: Preprocessing, sources: Sequence[Sourc
     return explained, failed
 
 
-def _decode_table(table: Any, preprocessing: Any, max_pixels: int) -> Any:
+def decode_table(table: Any, preprocessing: Any, max_pixels: int) -> Any:
     """Ray task: a table of sources → a table of model inputs (raw float32 bytes) or errors."""
     import pyarrow as pa
 
