@@ -21,7 +21,7 @@ METHOD_MIXES = ("vanilla", "deconvnet", "guided", "vanilla,guided", "all")
 
 
 def serve_command(port: int, workers: int = 1, threads: int = CLIENTS) -> list[str]:
-    """``saliency.api.serve`` (gunicorn, gthread workers) on ``port`` with the demo model."""
+    """``saliency.api.serve`` (gunicorn, waitress workers) on ``port`` with the demo model."""
     return [sys.executable, "-c",
             f"from saliency.api import serve; serve('127.0.0.1', {port}, workers={workers}, "
             f"threads={threads}, model='demo')"]
