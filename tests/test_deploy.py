@@ -255,6 +255,9 @@ def test_every_setting_is_one_the_service_reads(name, resource):
     if name == "kserve":  # KServe queues what gunicorn's threads cannot take, and times out as it does
         assert resource["spec"]["predictor"]["containerConcurrency"] == settings.workers * settings.threads
         assert resource["spec"]["predictor"]["timeout"] == settings.timeout
+    else:  # a pod stopped by Kubernetes lets its requests in flight finish before it is killed
+        grace = pod_spec(resource).get("terminationGracePeriodSeconds", 30)
+        assert grace > settings.shutdown_seconds, "Kubernetes would kill requests the service lets finish"
     torch_threads = settings.torch_threads
     cpus = container["resources"]["requests"]["cpu"]
     assert torch_threads is not None and torch_threads <= int(cpus), "torch would use every core of the node"
