@@ -39,7 +39,7 @@ class Settings:
     max_render_pixels: int = 200_000_000  #: most pixels of pictures one request may draw (maps × picture size)
     methods: tuple[str, ...] = METHODS  #: methods this server offers (a subset of the registry)
     default_method: str = "guided"      #: method used when a request names none (if offered)
-    threads: int = 24                   #: request threads per gunicorn worker (more than max_queue + batch_size)
+    threads: int = 40                   #: request threads per worker (at least max_queue + batch_size)
     workers: int = 1                    #: gunicorn worker processes (each loads the model once)
     torch_threads: int | None = None    #: torch intra-op threads per worker (None: torch's default)
     timeout: int = 120                  #: seconds before gunicorn restarts a silent worker
@@ -50,7 +50,7 @@ class Settings:
     memory_wait: float = 5.0            #: seconds a request waits for room in the budget before a 503
     batch_size: int = 8                 #: most images one model call explains, gathered across requests
     batch_delay_ms: float = 5.0         #: longest a request waits for others to share its model call (0: off)
-    max_queue: int = 16                 #: most requests waiting for the model per worker (more: 503 at once)
+    max_queue: int = 32                 #: most requests waiting for the model per worker (more: 503 at once)
     queue_timeout: float = 30.0         #: seconds a request may wait for the model before a 503
 
     @property
