@@ -3,7 +3,8 @@
 Request threads decode and prepare their own images, then :meth:`Batcher.explain` queues them and
 waits. The model thread takes the oldest request and every queued one that asks for the same
 methods, options and kind of target, up to ``max_batch`` images, waiting at most ``delay`` seconds
-(counted from the oldest request's arrival) for company; it explains them in one
+(counted from the oldest request's arrival) for company while other requests are on their way
+(being decoded; a lone request does not wait); it explains them in one
 :func:`~saliency.pipeline.explain_prepared` call, each picture with its own target or top-k, and
 hands each request its own pictures back. Rendering and encoding happen in the request threads,
 so they overlap the next batch's model work.
@@ -20,7 +21,8 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,17 +84,38 @@ class Batcher:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._batch_seconds = 0.0  # the last batch's model time, for Retry-After
+        self._arriving = 0         # requests on their way to the queue (decoding)
+        self._busy = False
+        self._local = threading.local()
 
     @property
     def depth(self) -> int:
         """Requests waiting for the model now."""
         return len(self._queue)
 
-    def check_room(self) -> None:
-        """Refuse at once (:class:`Overloaded`) when the queue is full, before a request's images are decoded."""
+    @property
+    def busy(self) -> bool:
+        """Whether a model call is running now."""
+        return self._busy
+
+    @contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Around one request's decoding and :meth:`explain`: refused at once (:class:`Overloaded`) when the
+        queue is full; until it is queued, the model thread knows it is on its way and waits for it
+        (up to ``delay``), while a lone request is explained at once."""
         with self._cond:
             if len(self._queue) >= self.max_queue:
                 raise self._full()
+            self._arriving += 1
+        self._local.arriving = True
+        try:
+            yield
+        finally:
+            if self._local.arriving:  # it never reached the queue (a bad image, say)
+                self._local.arriving = False
+                with self._cond:
+                    self._arriving -= 1
+                    self._cond.notify_all()
 
     def explain(self, prepared: Sequence[Prepared], methods: Sequence[str], target: int | Unit | None, topk: int,
                 options: Mapping[str, Any]) -> Answer:
@@ -104,6 +127,9 @@ class Batcher:
             if len(self._queue) >= self.max_queue:
                 raise self._full()
             self._start()
+            if getattr(self._local, "arriving", False):
+                self._local.arriving = False
+                self._arriving -= 1
             self._queue.append(job)
             self._observe_depth()
             self._cond.notify_all()
@@ -145,8 +171,8 @@ class Batcher:
                     batch = self._companions(first)
                     images = sum(len(j.prepared) for j in batch)
                     now = time.perf_counter()
-                    if self.delay <= 0 or images >= self.max_batch or now >= deadline:
-                        break
+                    if self.delay <= 0 or images >= self.max_batch or now >= deadline or not self._arriving:
+                        break  # full, out of time, or no other request on its way: waiting cannot help
                     self._cond.wait(deadline - now)
                 if first in self._queue:
                     break
@@ -172,6 +198,7 @@ class Batcher:
     def _run(self, batch: list[Job]) -> None:
         images = sum(len(j.prepared) for j in batch)
         start = time.perf_counter()
+        self._busy = True
         try:
             self._explain_together(batch)
         except SaliencyError as exc:
@@ -187,6 +214,7 @@ class Batcher:
             for job in batch:
                 job.error = exc
         self._batch_seconds = time.perf_counter() - start
+        self._busy = False
         if self.metrics is not None:
             self.metrics.observe_batch(images, [j.waited for j in batch])
         for job in batch:

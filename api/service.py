@@ -6,6 +6,7 @@ import base64
 import io
 import time
 from collections import defaultdict
+from contextlib import nullcontext
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,23 +93,22 @@ def run(model: LoadedModel, req: ExplainRequest, max_pixels: int, max_render_pix
     """
     timer = Timer()
     fixed_target = None if req.target is None else target_of(model, req.target)
-    if batcher is not None:
-        batcher.check_room()
     prepared = []
-    for data in req.images:  # one at a time, so that a request over the drawing limit stops early
-        prepared.append(prepare(model, data, max_pixels=max_pixels, stage=timer.stage))
-        if max_render_pixels is not None:
-            _check_drawing(req, prepared, len(model.labels), max_render_pixels)
-    if batcher is None:
-        classes = Classes(fixed=() if fixed_target is None else (fixed_target,), topk=req.topk)
-        explained, report = explain_prepared(model, prepared, req.methods, classes, dict(req.options),
-                                             stage=timer.stage)
-    else:
-        answer = batcher.explain(prepared, req.methods, fixed_target, req.topk, dict(req.options))
-        explained, report = answer.explained, answer.report
-        timer.seconds["queue"] += answer.waited
-        timer.seconds["explain"] += sum(report.seconds.values())
-        timer.batch_images = answer.batch_images
+    with nullcontext() if batcher is None else batcher.arriving():  # refused at once when the queue is full
+        for data in req.images:  # one at a time, so that a request over the drawing limit stops early
+            prepared.append(prepare(model, data, max_pixels=max_pixels, stage=timer.stage))
+            if max_render_pixels is not None:
+                _check_drawing(req, prepared, len(model.labels), max_render_pixels)
+        if batcher is None:
+            classes = Classes(fixed=() if fixed_target is None else (fixed_target,), topk=req.topk)
+            explained, report = explain_prepared(model, prepared, req.methods, classes, dict(req.options),
+                                                 stage=timer.stage)
+        else:
+            answer = batcher.explain(prepared, req.methods, fixed_target, req.topk, dict(req.options))
+            explained, report = answer.explained, answer.report
+            timer.seconds["queue"] += answer.waited
+            timer.seconds["explain"] += sum(report.seconds.values())
+            timer.batch_images = answer.batch_images
     pictures = []
     for drawn in render(explained, req.methods, req.style, alpha=req.alpha, cmap=DEFAULT_CMAP,
                         percentile=DEFAULT_PERCENTILE, stage=timer.stage):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import io
+import contextlib
 import threading
 import time
 
@@ -13,7 +13,7 @@ from PIL import Image
 
 import saliency
 from saliency.api import create_app
-from saliency.api.batching import Batcher, Overloaded
+from saliency.api.batching import Batcher
 from saliency.api.config import ConfigError, load_settings
 from saliency.errors import ModelOutputError
 from saliency.models import LoadedModel, load_model
@@ -43,6 +43,31 @@ def concurrently(app, queries: list[str], images: list[bytes]) -> list:
     return out
 
 
+@contextlib.contextmanager
+def model_held_busy(app, query: str, images: list[bytes]):
+    """One long request of another kind in the model while the body runs: what arrives meanwhile queues up."""
+    batcher = app.extensions["saliency"].batcher
+    out: list = []
+    thread = threading.Thread(target=lambda: out.append(post(app.test_client(), images, query)))
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not batcher.busy and time.monotonic() < deadline:
+        time.sleep(0.002)
+    assert batcher.busy
+    yield
+    thread.join(300)
+    assert out[0].status_code == 200, out[0].get_data(as_text=True)
+
+
+DEMO_PACER = ("?method=smoothgrad&samples=64", photos(12))
+"""About a second of SmoothGrad on the demo model: long beside decoding a few small pictures."""
+
+
+def slow_app(**settings):
+    """A server of ``tests.slownet``: every forward pass on a picture sleeps ``SLOWNET_SECONDS``."""
+    return create_app({"TESTING": True, "model": "tests.slownet:build", "weights": "random", **settings})
+
+
 def assert_rounding_close(actual: np.ndarray, expected: np.ndarray) -> None:
     """Equal up to float rounding: the demo's CPU kernels for a batch of one differ from a batch's in the last bits."""
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5 * float(np.abs(expected).max()))
@@ -67,7 +92,8 @@ def unbatched():
 
 def test_concurrent_requests_share_one_model_call_and_each_gets_its_own_maps(batched):
     images = photos(4)
-    answers = concurrently(batched, ["?method=guided,smoothgrad&samples=3&raw=npy"] * 4, images)
+    with model_held_busy(batched, *DEMO_PACER):
+        answers = concurrently(batched, ["?method=guided,smoothgrad&samples=3&raw=npy"] * 4, images)
     assert [a.get_json()["timing"]["batch_images"] for a in answers] == [4, 4, 4, 4]
     model = batched.extensions["saliency"].model
     for data, answer in zip(images, answers):
@@ -76,8 +102,8 @@ def test_concurrent_requests_share_one_model_call_and_each_gets_its_own_maps(bat
         for method in ("guided", "smoothgrad"):  # the demo's kernels differ for a batch of one by rounding only
             assert_rounding_close(npy(answer, method), alone[method][0].numpy())
     exposition = batched.test_client().get("/metrics").get_data(as_text=True)
-    assert 'saliency_batch_size_bucket{le="4.0"} 1.0' in exposition
-    assert "saliency_queue_wait_seconds_count 4.0" in exposition
+    assert 'saliency_batch_size_bucket{le="4.0"} 1.0' in exposition  # the pacer's 12 and the four
+    assert "saliency_queue_wait_seconds_count 5.0" in exposition
     assert "saliency_queue_depth 0.0" in exposition
 
 
@@ -85,7 +111,8 @@ def test_each_request_keeps_its_own_target_and_topk(batched):
     images = photos(4)
     queries = ["?method=vanilla&target=1&raw=npy", "?method=vanilla&target=6&raw=npy",
                "?method=vanilla&target=1&raw=npy", "?method=vanilla&topk=2&raw=npy"]
-    answers = concurrently(batched, queries, images)
+    with model_held_busy(batched, *DEMO_PACER):
+        answers = concurrently(batched, queries, images)
     sizes = [a.get_json()["timing"]["batch_images"] for a in answers]
     assert sizes == [3, 3, 3, 1]  # fixed targets share a call; a top-2 request is explained apart
     model = batched.extensions["saliency"].model
@@ -105,7 +132,8 @@ def test_answers_do_not_depend_on_the_company_bitwise_where_kernels_do_not():
     query = "?method=guided,smoothgrad&samples=2&raw=npy"
     shared = create_app({"TESTING": True, "model": "resnet18", "weights": "random", "batch_size": 3,
                          "batch_delay_ms": 3000})
-    together = concurrently(shared, [query] * 3, images)
+    with model_held_busy(shared, "?method=smoothgrad&samples=16", photos(2)):
+        together = concurrently(shared, [query] * 3, images)
     assert [a.get_json()["timing"]["batch_images"] for a in together] == [3, 3, 3]
     model = shared.extensions["saliency"].model
     for data, answer in zip(images, together):
@@ -150,9 +178,10 @@ def test_an_error_in_one_request_fails_that_request_only():
     start = threading.Barrier(3)
 
     def one(i: int) -> None:
-        start.wait()
         try:
-            out[i] = batcher.explain([_prepared(model, values[i])], ["vanilla"], None, 1, {})
+            with batcher.arriving():
+                start.wait()  # all three on their way before any is queued: they share one call
+                out[i] = batcher.explain([_prepared(model, values[i])], ["vanilla"], None, 1, {})
         except Exception as exc:  # noqa: BLE001 - the test looks at it
             out[i] = exc
 
@@ -169,43 +198,48 @@ def test_an_error_in_one_request_fails_that_request_only():
         torch.testing.assert_close(out[i].explained[0].maps[0]["vanilla"], expected)
 
 
-def test_a_full_queue_is_refused_at_once_with_retry_after():
-    app = create_app({"TESTING": True, "model": "demo", "batch_size": 8, "batch_delay_ms": 1500, "max_queue": 1})
-    first: list = []
-    waiting = threading.Thread(target=lambda: first.append(post(app.test_client(), photos(1)[0], "?method=vanilla")))
-    waiting.start()
+def test_a_full_queue_is_refused_at_once_with_retry_after(monkeypatch):
+    monkeypatch.setenv("SLOWNET_SECONDS", "1.5")
+    app = slow_app(batch_delay_ms=0, max_queue=1)
     batcher = app.extensions["saliency"].batcher
-    deadline = time.monotonic() + 10
+    answers: list = []
+    running = threading.Thread(target=lambda: answers.append(post(app.test_client(), photos(1)[0], "?method=vanilla")))
+    running.start()
+    waiting = threading.Thread(target=lambda: answers.append(post(app.test_client(), photos(1)[0], "?method=vanilla")))
+    deadline = time.monotonic() + 30
+    while not batcher.busy and time.monotonic() < deadline:
+        time.sleep(0.002)
+    waiting.start()
     while batcher.depth == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    started = time.monotonic()
+        time.sleep(0.002)
+    assert batcher.busy and batcher.depth == 1  # one in the model, one queued: the queue is full
     refused = post(app.test_client(), photos(1)[0], "?method=vanilla")
-    refused_after = time.monotonic() - started
+    still_busy = batcher.busy
+    running.join(30)
     waiting.join(30)
     assert refused.status_code == 503 and refused.get_json()["error"] == "overloaded"
     assert int(refused.headers["Retry-After"]) >= 1
-    assert refused_after < 1.0  # at once, not after the 1.5 s the queued request waits for company
-    assert first[0].status_code == 200
+    assert still_busy  # refused at once, while the first request was still in the model
+    assert [a.status_code for a in answers] == [200, 200]
 
 
-def test_a_request_that_waits_too_long_for_the_model_gets_503():
-    app = create_app({"TESTING": True, "model": "demo", "batch_size": 8, "batch_delay_ms": 3000,
-                      "queue_timeout": 0.3})
-    response = post(app.test_client(), photos(1)[0], "?method=vanilla")
+def test_a_request_that_waits_too_long_for_the_model_gets_503(monkeypatch):
+    monkeypatch.setenv("SLOWNET_SECONDS", "1.5")
+    app = slow_app(batch_delay_ms=0, queue_timeout=0.3)
+    with model_held_busy(app, "?method=vanilla", photos(1)):
+        response = post(app.test_client(), photos(1)[0], "?method=vanilla")
+        assert app.extensions["saliency"].batcher.busy  # it gave up while the model was still busy
     assert response.status_code == 503 and "waited 0.3 s" in response.get_json()["detail"]
     assert "Retry-After" in response.headers
     assert app.extensions["saliency"].batcher.depth == 0
-    later = create_app({"TESTING": True, "model": "demo", "batch_delay_ms": 1, "queue_timeout": 30})
-    assert post(later.test_client(), photos(1)[0], "?method=vanilla").status_code == 200
 
 
-def test_batcher_is_refused_directly_when_full():
+def test_a_lone_request_does_not_wait_for_company():
     model = load_model("demo")
-    batcher = Batcher(model, max_batch=8, delay=5.0, max_queue=1, queue_timeout=0.2)
-    p = prepare(model, photos(1)[0])
-    with pytest.raises(Overloaded):  # waits 0.2 s in the queue, then gives up
-        batcher.explain([p], ["vanilla"], None, 1, {})
-    assert batcher.depth == 0
+    batcher = Batcher(model, max_batch=8, delay=30.0, max_queue=4, queue_timeout=60)
+    with batcher.arriving():
+        answer = batcher.explain([prepare(model, photos(1)[0])], ["vanilla"], None, 1, {})
+    assert answer.batch_images == 1 and answer.waited < 15  # no other request on its way: no 30 s wait
 
 
 @pytest.mark.parametrize(("env", "message"), [
