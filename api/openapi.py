@@ -48,8 +48,11 @@ EXPLANATION_SCHEMA = _object({
     })},
     "warnings": {"type": "array", "items": STRING},
     "activations": {"type": "object", "additionalProperties": INTEGER},
-    "timing": {"type": "object", "description": "Seconds per stage; methods: per method.",
-               "required": ["decode", "preprocess", "explain", "render", "encode", "overhead", "total"],
+    "timing": {"type": "object", "description": "Seconds per stage (queue: the wait for the model; explain: the "
+                                               "model call this request shared with batch_images images); overhead: "
+                                               "decode + preprocess + render + encode, overhead_cpu: their CPU time; "
+                                               "methods: per method.",
+               "required": ["decode", "preprocess", "explain", "render", "encode", "overhead", "overhead_cpu", "total"],
                "additionalProperties": True},
 })
 

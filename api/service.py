@@ -25,22 +25,31 @@ from saliency.units import Unit
 TOP_PREDICTIONS = 5
 
 
+OVERHEAD_STAGES = ("decode", "preprocess", "render", "encode")
+
+
 @dataclass
 class Timer:
-    """Seconds spent per stage; ``explain`` is the model's own time, the rest is service overhead."""
+    """Seconds spent per stage; ``explain`` is the model's own time, the rest is service overhead.
+
+    ``overhead`` is the overhead stages' wall time, ``overhead_cpu`` the CPU time this request's
+    thread spent in them: on a busy machine the first also counts waiting for a core.
+    """
 
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     started: float = field(default_factory=time.perf_counter)
     batch_images: int = 0  #: images in the model call this request shared (0: not batched)
+    overhead_cpu: float = 0.0
 
     def stage(self, name: str) -> "_Stage":
         return _Stage(self, name)
 
     def report(self) -> dict[str, float]:
         s = dict(self.seconds)
-        overhead = sum(v for k, v in s.items() if k in ("decode", "preprocess", "render", "encode"))
+        overhead = sum(v for k, v in s.items() if k in OVERHEAD_STAGES)
         total = time.perf_counter() - self.started
-        return {**{k: round(v, 6) for k, v in s.items()}, "overhead": round(overhead, 6), "total": round(total, 6)}
+        return {**{k: round(v, 6) for k, v in s.items()}, "overhead": round(overhead, 6),
+                "overhead_cpu": round(self.overhead_cpu, 6), "total": round(total, 6)}
 
 
 class _Stage:
@@ -48,10 +57,12 @@ class _Stage:
         self.timer, self.name = timer, name
 
     def __enter__(self) -> None:
-        self.start = time.perf_counter()
+        self.start, self.cpu = time.perf_counter(), time.thread_time()
 
     def __exit__(self, *exc: object) -> None:
         self.timer.seconds[self.name] += time.perf_counter() - self.start
+        if self.name in OVERHEAD_STAGES:
+            self.timer.overhead_cpu += time.thread_time() - self.cpu
 
 
 @dataclass

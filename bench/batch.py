@@ -187,7 +187,7 @@ def start_ray(cpus: int) -> tuple[object, dict[int, str]]:
     import ray
     import ray.data
 
-    from saliency.batch.ray_engine import worker_cpus
+    from saliency.batch.ray_engine import torch_threads, worker_cpus
 
     # address="local": always a new Ray of our own, never a cluster found on the machine (RAY_ADDRESS,
     # `ray start`): its CPUs are what the figures are for
@@ -206,7 +206,8 @@ def start_ray(cpus: int) -> tuple[object, dict[int, str]]:
     for workers in (1, 2):
         share = worker_cpus(ray.cluster_resources().get("CPU", 1.0), workers)
         probe = Probe.options(num_cpus=share).remote()
-        actors[workers] = f"{share:g} CPU and {ray.get(probe.threads.remote())} torch thread(s) each"
+        actors[workers] = (f"{share:g} CPU (Ray's default: {ray.get(probe.threads.remote())} torch thread(s)), "
+                           f"set to {torch_threads(ray.cluster_resources().get('CPU', 1.0), workers)} torch thread(s) each")
         ray.kill(probe)
     return ray, actors
 

@@ -9,8 +9,8 @@ one batching requests (``SALIENCY_BATCH_DELAY_MS`` default) and one not (``SALIE
 and for each number of concurrent clients sends ``--requests`` explain requests (one 224×224 JPEG
 each, method ``--method``) to each in turn, ``--rounds`` times. It reports requests/s, p50/p99
 latency seen by the client, the model calls' batch sizes, and, from the timing every JSON
-response carries, the server-side overhead — decode + preprocess + render + encode — against the
-model's own time per image (forward + backward passes of its batch, divided by the batch's images),
+response carries, the server-side overhead — decode + preprocess + render + encode, as wall time
+and as the CPU time of the request's thread — against the model's own time per image (forward + backward passes of its batch, divided by the batch's images),
 and how busy the model thread was (model time per image × requests / wall time): near 100 %,
 rendering and encoding in the request threads do not hold up the model.
 """
@@ -59,16 +59,18 @@ class Run:
         sizes = [t.get("batch_images", 1) for t in self.timings]
         per_image = [t["explain"] / max(1, t.get("batch_images", 1)) for t in self.timings]
         overhead = statistics.mean(sum(t.get(s, 0.0) for s in OVERHEAD_STAGES) for t in self.timings)
+        overhead_cpu = statistics.mean(t.get("overhead_cpu", float("nan")) for t in self.timings)
         model = statistics.mean(per_image)
         busy = sum(per_image) / self.seconds
         return [self.model, self.batching, str(self.clients), f"{self.rate:.2f}",
                 f"{percentile(lat, 50) * 1000:.0f}", f"{percentile(lat, 99) * 1000:.0f}",
                 f"{statistics.mean(sizes):.1f} (max {max(sizes)})", f"{model * 1000:.1f}", f"{overhead * 1000:.1f}",
-                f"{overhead / model:.1%}", f"{min(busy, 1.0):.0%}"]
+                f"{overhead / model:.1%}", f"{overhead_cpu * 1000:.1f}", f"{overhead_cpu / model:.1%}",
+                f"{min(busy, 1.0):.0%}"]
 
 
 HEADER = ["model", "batching", "clients", "req/s", "p50 ms", "p99 ms", "batch size", "model ms / image",
-          "overhead ms", "overhead / model time", "model busy"]
+          "overhead ms", "overhead / model time", "overhead CPU ms", "overhead CPU / model time", "model busy"]
 
 
 def percentile(sorted_values: list[float], p: float) -> float:

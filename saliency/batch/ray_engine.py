@@ -81,7 +81,6 @@ def run_ray(spec: JobSpec, preprocessing: Preprocessing, sources: Sequence[Sourc
     # task that must run again (it ran there, or its output was stored there) would wait forever.
     decoded = dataset.map_batches(decode_table, batch_size=shard_size, batch_format="pyarrow",
                                   num_cpus=0, compute=ray.data.TaskPoolStrategy(size=decode_tasks(cpus, workers)),
-                                  scheduling_strategy="DEFAULT",
                                   fn_kwargs={"preprocessing": preprocessing, "max_pixels": spec.max_pixels})
     summaries = decoded.map_batches(
         _Explainer, batch_size=shard_size, batch_format="pyarrow",
