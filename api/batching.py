@@ -156,8 +156,7 @@ class Batcher:
 
     def _serve(self) -> None:
         while True:
-            batch = self._next_batch()
-            self._run(batch)
+            self._run(self._next_batch())  # keeps no reference to a batch once it is answered
 
     def _next_batch(self) -> list[Job]:
         """The oldest request and the queued ones that can share its model call, once full or out of time."""
@@ -203,13 +202,13 @@ class Batcher:
             self._explain_together(batch)
         except SaliencyError as exc:
             if len(batch) == 1:
-                batch[0].error = exc
+                batch[0].error = _without_frames(exc)
             else:  # one request's fault must not fail the others: explain each on its own
                 for job in batch:
                     try:
                         self._explain_together([job])
                     except SaliencyError as own:
-                        job.error = own
+                        job.error = _without_frames(own)
         except Exception as exc:  # reported to each waiting request, which answers 500 (and logs it)
             for job in batch:
                 job.error = exc
@@ -252,3 +251,7 @@ class Batcher:
         if self.metrics is not None:
             self.metrics.queue_depth.set(len(self._queue))
 
+
+def _without_frames(exc: SaliencyError) -> SaliencyError:
+    """A request's error without the model call's frames: they hold its forward graph and activations."""
+    return exc.with_traceback(None)

@@ -114,7 +114,7 @@ def test_explain_a_custom_model_with_its_labels_and_preprocessing(capsys, custom
     first = out.splitlines()[0]
     assert first == f"{photo}: " + ", ".join(f"{LABELS[i]} {float(probabilities[i]):.1%}" for i in top3)
     (png,) = (custom / "maps").iterdir()
-    assert png.name == f"photo-guided-{LABELS[top3[0]]}.png"
+    assert png.name == f"photo-guided-heatmap-{LABELS[top3[0]]}.png"
     picture = Image.open(png)
     # the heatmap covers the square the model saw, in the photo's pixels: the 64 × 64 centre
     assert picture.size == (64, 64) and picture.text["target"] == LABELS[top3[0]]
@@ -125,7 +125,7 @@ def test_explain_a_custom_model_with_its_labels_and_preprocessing(capsys, custom
                        "--target", "cherry", "--out", str(custom / "resized"))
     assert code == 0, err
     (png,) = (custom / "resized").iterdir()
-    assert png.name == "photo-vanilla-cherry.png" and Image.open(png).size == (32, 32)
+    assert png.name == "photo-vanilla-heatmap-cherry.png" and Image.open(png).size == (32, 32)
 
 
 def test_without_the_input_size_the_model_fails_in_one_line(capsys, custom):
@@ -171,7 +171,7 @@ def test_serve_passes_the_model_settings_to_its_workers(custom, tmp_path):
     with running_server(command, port, tmp_path / "serve.log", env={"PYTHONPATH": str(custom / "src")}) as url:
         models = requests.get(f"{url}/v1/models", timeout=10)
         assert models.json()["serving"] == {"name": SPEC, "classes": 4, "input_size": 32,
-                                            "weights": f"file '{custom / 'fixed32.pt'}'"}
+                                            "weights": "file 'fixed32.pt'"}  # its name only, never the path
         with open(custom / "photo.png", "rb") as photo:
             answer = requests.post(f"{url}/v1/explain?method=vanilla&raw=npy", files={"image": photo}, timeout=60)
         assert answer.status_code == 200, answer.text
