@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from saliency.cli.options import (add_class_options, add_method_options, add_model_options, check_device,
-                                  chosen_methods, command, fail, number_between, positive_int)
+from saliency.cli.options import (add_class_options, add_engine_options, add_method_options, add_model_options,
+                                  check_device, check_engine_options, chosen_methods, command, fail, positive_int)
 
 SHOWN_FAILURES = 5
 
 
 def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``batch`` on the ``saliency`` command's subparsers."""
-    from saliency.batch import DEFAULT_SHARD_SIZE, ENGINES, REDUCTIONS
+    from saliency.batch import DEFAULT_SHARD_SIZE, REDUCTIONS
 
     p = command(commands, "batch", run,
                 "explain every image of a dataset into a Parquet dataset (one row per image and class); "
@@ -40,17 +40,7 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="images per forward pass (default: 16)")
     p.add_argument("--shard-size", type=positive_int, default=DEFAULT_SHARD_SIZE, metavar="N",
                    help=f"images per Parquet file, the unit redone after a crash (default: {DEFAULT_SHARD_SIZE})")
-    cluster = p.add_argument_group("engine")
-    cluster.add_argument("--engine", choices=ENGINES, default="local",
-                         help="local: this process, threads decoding ahead of the model; ray: Ray Data "
-                              "(pip install 'saliency[ray]') (default: local)")
-    cluster.add_argument("--address", metavar="ADDRESS",
-                         help="--engine ray: the cluster to join, 'auto' or ray://HOST:PORT (default: start a "
-                              "local Ray)")
-    cluster.add_argument("--workers", type=positive_int, default=1, metavar="N",
-                         help="--engine ray: model actors, each loading the model once (default: 1)")
-    cluster.add_argument("--gpus-per-worker", type=number_between(float, 0.0), default=0.0, metavar="G",
-                         help="--engine ray: GPUs per model actor, e.g. 1 or 0.5 (default: 0, the CPU)")
+    add_engine_options(p, "this process, threads decoding ahead of the model", "model actors", gpus=True)
     return p
 
 
@@ -58,12 +48,7 @@ def run(args: argparse.Namespace) -> int:
     """``saliency batch``: prints a summary; returns 1 if any source failed."""
     from saliency.batch import explain_dataset
 
-    if args.engine != "ray" and (args.address or args.workers != 1 or args.gpus_per_worker):
-        return fail("--address, --workers and --gpus-per-worker need --engine ray")
-    if args.engine == "ray":
-        from saliency.batch.ray_engine import require_ray
-
-        require_ray()
+    check_engine_options(args)
     if args.device is not None:
         check_device(args.device)
     methods, options = chosen_methods(args.method, args.option)

@@ -5,14 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from saliency.cli.options import (add_model_options, add_threads_option, check_output, command, fail, load_model,
-                                  positive_int, set_threads, writing)
+from saliency.cli.options import (add_engine_options, add_model_options, add_threads_option, check_engine_options,
+                                  check_output, command, fail, load_model, positive_int, set_threads, writing)
 
 
 def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``features`` on the ``saliency`` command's subparsers."""
-    from saliency.batch import ENGINES
-
     p = command(commands, "features", run,
                 "draw the feature atlas of a layer: each channel's strongest activations over the images, "
                 "projected to pixels beside the image patches (one PNG per layer, atlas.json)",
@@ -39,14 +37,7 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="images per forward pass of the scan (default: 16)")
     add_model_options(p)
     add_threads_option(p)
-    cluster = p.add_argument_group("engine")
-    cluster.add_argument("--engine", choices=ENGINES, default="local",
-                         help="local: this process; ray: the scan on Ray Data (pip install 'saliency[ray]') "
-                              "(default: local)")
-    cluster.add_argument("--address", metavar="ADDRESS",
-                         help="--engine ray: the cluster to join, 'auto' or ray://HOST:PORT (default: a new local Ray)")
-    cluster.add_argument("--workers", type=positive_int, default=1, metavar="N",
-                         help="--engine ray: model actors for the scan, each loading the model once (default: 1)")
+    add_engine_options(p, "this process", "model actors for the scan")
     return p
 
 
@@ -54,12 +45,7 @@ def run(args: argparse.Namespace) -> int:
     """``saliency features``: prints what it wrote; returns 1 if some images could not be read."""
     from saliency.atlas import feature_atlas, parse_channels
 
-    if args.engine != "ray" and (args.address or args.workers != 1):
-        return fail("--address and --workers need --engine ray")
-    if args.engine == "ray":
-        from saliency.batch.ray_engine import require_ray
-
-        require_ray()
+    check_engine_options(args)
     channels = parse_channels(args.channels) if args.channels else None
     check_output(args.out, folder=True)
     set_threads(args)

@@ -169,6 +169,35 @@ def restore_threads() -> None:
         _THREADS_BEFORE.clear()
 
 
+def add_engine_options(p: argparse.ArgumentParser, local: str, actors: str, gpus: bool = False) -> None:
+    """``--engine``, ``--address``, ``--workers`` (and ``--gpus-per-worker``): where a dataset command runs."""
+    from saliency.batch import ENGINES
+
+    cluster = p.add_argument_group("engine")
+    cluster.add_argument("--engine", choices=ENGINES, default="local",
+                         help=f"local: {local}; ray: Ray Data (pip install 'saliency[ray]') (default: local)")
+    cluster.add_argument("--address", metavar="ADDRESS",
+                         help="--engine ray: the cluster to join, 'auto' or ray://HOST:PORT (default: start a "
+                              "local Ray)")
+    cluster.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                         help=f"--engine ray: {actors}, each loading the model once (default: 1)")
+    if gpus:
+        cluster.add_argument("--gpus-per-worker", type=number_between(float, 0.0), default=0.0, metavar="G",
+                             help="--engine ray: GPUs per model actor, e.g. 1 or 0.5 (default: 0, the CPU)")
+
+
+def check_engine_options(args: argparse.Namespace) -> None:
+    """Ray's options without ``--engine ray``: one clear error; with it, Ray must be installed."""
+    flags = ["--address", "--workers"] + (["--gpus-per-worker"] if hasattr(args, "gpus_per_worker") else [])
+    used = args.address or args.workers != 1 or getattr(args, "gpus_per_worker", 0)
+    if args.engine != "ray" and used:
+        raise OptionError(f"{', '.join(flags[:-1])} and {flags[-1]} need --engine ray")
+    if args.engine == "ray":
+        from saliency.batch.ray_engine import require_ray
+
+        require_ray()
+
+
 def add_render_options(p: argparse.ArgumentParser, default_style: str) -> None:
     """``--style``, ``--alpha``, ``--cmap`` and ``--percentile``."""
     from saliency.render import DEFAULT_ALPHA, DEFAULT_CMAP, DEFAULT_PERCENTILE, STYLES
