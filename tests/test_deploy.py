@@ -14,11 +14,11 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from dataclasses import fields
 from pathlib import Path
 
-import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -27,72 +27,11 @@ from saliency.api import create_app
 from saliency.api.config import ENV_PREFIX, Settings, load_settings
 from saliency.models.weights import OFFLINE_ENV
 
-ROOT = Path(__file__).parent.parent
-DEPLOY = ROOT / "deploy"
-KUSTOMIZATIONS = [DEPLOY / "kubernetes" / "base", DEPLOY / "kubernetes" / "gpu"]
-KSERVE = DEPLOY / "kserve" / "inferenceservice.yaml"
-KSERVE_SCHEMA = Path(__file__).parent / "schemas" / "kserve-inferenceservice-v1beta1.json"
-K8S_VERSION = "1.32"  # bundled by kubernetes-validate 1.32 and later (pyproject.toml's test extra)
+sys.path.insert(0, str(Path(__file__).parent.parent / "scripts"))
+from validate_deploy import (DEPLOY, K8S_VERSION, KSERVE, KSERVE_SCHEMA, KUSTOMIZATIONS, ROOT,  # noqa: E402
+                             documents, kserve_errors, kserve_validator, problems, render)
+
 MODEL_NAME = "demo"   # the served model: KServe's /v1/models/demo:predict
-
-#: Strategic merge: the key that identifies an item of these lists (other lists are replaced).
-MERGE_KEYS = {"containers": "name", "initContainers": "name", "env": "name", "ports": "containerPort",
-              "volumes": "name", "volumeMounts": "mountPath", "imagePullSecrets": "name"}
-
-
-def documents(path: Path) -> list[dict]:
-    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-
-
-def merge(base, patch, key: str | None = None):
-    """``patch`` laid over ``base`` as Kubernetes' strategic merge does for the fields used here."""
-    if isinstance(base, dict) and isinstance(patch, dict):
-        out = dict(base)
-        for name, value in patch.items():
-            if value is None:
-                out.pop(name, None)
-            else:
-                out[name] = merge(base.get(name), value, name)
-        return out
-    if isinstance(base, list) and isinstance(patch, list) and key in MERGE_KEYS:
-        by = MERGE_KEYS[key]
-        out = list(base)
-        for item in patch:
-            at = [i for i, old in enumerate(out) if old[by] == item[by]]
-            if at:
-                out[at[0]] = merge(out[at[0]], item)
-            else:
-                out.append(item)
-        return out
-    return patch
-
-
-def render(directory: Path, read: set[Path] | None = None) -> list[dict]:
-    """The resources a kustomization makes; every file it reads is added to ``read``."""
-    read = set() if read is None else read
-    path = directory / "kustomization.yaml"
-    kustomization = yaml.safe_load(path.read_text())
-    read.add(path)
-    unknown = set(kustomization) - {"apiVersion", "kind", "resources", "patches"}
-    assert not unknown, f"{path}: this test renders resources and patches only, not {sorted(unknown)}"
-    resources: list[dict] = []
-    for entry in kustomization["resources"]:
-        target = directory / entry
-        if target.is_dir():
-            resources += render(target, read)
-        else:
-            resources += documents(target)
-            read.add(target.resolve())
-    for entry in kustomization.get("patches", []):
-        assert set(entry) == {"path"}, f"{path}: only patches given by path"
-        patch_path = directory / entry["path"]
-        read.add(patch_path.resolve())
-        for patch in documents(patch_path):
-            at = [i for i, r in enumerate(resources)
-                  if (r["kind"], r["metadata"]["name"]) == (patch["kind"], patch["metadata"]["name"])]
-            assert len(at) == 1, f"{patch_path}: patches no resource"
-            resources[at[0]] = merge(resources[at[0]], patch)
-    return resources
 
 
 def variants() -> dict[str, list[dict]]:
@@ -157,12 +96,10 @@ def test_strict_validation_rejects_a_misspelt_field():
 
 
 def test_the_inferenceservice_matches_kserves_crd():
-    schema = json.loads(KSERVE_SCHEMA.read_text())
-    validator = jsonschema.Draft202012Validator(schema)
     docs = documents(KSERVE)
     assert len(docs) == 1
     isvc = docs[0]
-    errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(isvc)]
+    errors = kserve_errors(isvc)
     assert not errors, f"{KSERVE} (fields outside spec.predictor are not in the trimmed schema): {errors}"
     assert (isvc["apiVersion"], isvc["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
     assert re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", isvc["metadata"]["name"])  # KServe: a DNS-1035 label
@@ -177,11 +114,31 @@ def test_the_inferenceservice_matches_kserves_crd():
 
 
 def test_the_kserve_schema_rejects_a_misspelt_field():
-    validator = jsonschema.Draft202012Validator(json.loads(KSERVE_SCHEMA.read_text()))
+    validator = kserve_validator()
     isvc = documents(KSERVE)[0]
     isvc["spec"]["predictor"]["containers"][0]["readinesProbe"] = {"httpGet": {"path": "/readyz", "port": 8000}}
     assert not validator.is_valid(isvc)
     assert "kserve/kserve" in json.loads(KSERVE_SCHEMA.read_text())["$comment"]
+
+
+def test_the_ci_check_passes_and_names_what_it_finds(monkeypatch):
+    """scripts/validate_deploy.py, which .ci/run runs, passes here and reports a misspelt field as one line."""
+    assert problems() == []
+    import validate_deploy
+
+    real = validate_deploy.documents
+
+    def misspelt(path):
+        docs = real(path)
+        for doc in docs:
+            for container in doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+                if "readinessProbe" in container:
+                    container["readinesProbe"] = container.pop("readinessProbe")
+        return docs
+
+    monkeypatch.setattr(validate_deploy, "documents", misspelt)
+    assert problems() == [f"deploy/kubernetes/{variant}: Deployment saliency: Additional properties are not "
+                          "allowed ('readinesProbe' was unexpected)" for variant in ("base", "gpu")]
 
 
 def test_every_manifest_is_checked():
