@@ -28,3 +28,16 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def app():
+    """The service with the bundled demo model, one per test module (a module may define its own)."""
+    from saliency.api import create_app
+
+    return create_app({"TESTING": True, "model": "demo"})
+
+
+@pytest.fixture()
+def client(app):
+    return app.test_client()

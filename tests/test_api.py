@@ -67,16 +67,6 @@ ODD_BUT_VALID = {
 
 # --- fixtures and helpers -----------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def app():
-    return create_app({"TESTING": True, "model": "demo"})
-
-
-@pytest.fixture()
-def client(app):
-    return app.test_client()
-
-
 def model_of(app):
     return app.extensions["saliency"].model
 

@@ -15,6 +15,7 @@ from PIL import Image
 
 from saliency.api import create_app
 from servers import free_port, running_server
+from tests.test_api import decode_npy as npy
 
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
 
@@ -28,20 +29,6 @@ def png(size=(48, 40), seed=0) -> bytes:
 
 def instance(data: bytes) -> dict:
     return {"image": {"b64": base64.b64encode(data).decode("ascii")}}
-
-
-def npy(text: str) -> np.ndarray:
-    return np.load(io.BytesIO(base64.b64decode(text)), allow_pickle=False)
-
-
-@pytest.fixture(scope="module")
-def app():
-    return create_app({"TESTING": True, "model": "demo"})
-
-
-@pytest.fixture()
-def client(app):
-    return app.test_client()
 
 
 def explain_v1(client, data: bytes, query: str) -> dict:
