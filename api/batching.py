@@ -104,8 +104,7 @@ class Batcher:
         queue is full; until it is queued, the model thread knows it is on its way and waits for it
         (up to ``delay``), while a lone request is explained at once."""
         with self._cond:
-            if len(self._queue) >= self.max_queue:
-                raise self._full()
+            self._refuse_if_full()
             self._arriving += 1
         self._local.arriving = True
         try:
@@ -124,8 +123,7 @@ class Batcher:
         job = Job(key=(tuple(methods), tuple(sorted(options.items())), kind), prepared=prepared,
                   target=target, topk=topk)
         with self._cond:
-            if len(self._queue) >= self.max_queue:
-                raise self._full()
+            self._refuse_if_full()
             self._start()
             if getattr(self._local, "arriving", False):
                 self._local.arriving = False
@@ -238,9 +236,10 @@ class Batcher:
             job.explained, job.report, job.error = explained[start:start + len(job.prepared)], report, None
             start += len(job.prepared)
 
-    def _full(self) -> Overloaded:
-        return Overloaded(f"this worker already holds {self.max_queue} requests waiting for the model; "
-                          "retry later", self._retry_after())
+    def _refuse_if_full(self) -> None:
+        if len(self._queue) >= self.max_queue:
+            raise Overloaded(f"this worker already holds {self.max_queue} requests waiting for the model; "
+                             "retry later", self._retry_after())
 
     def _retry_after(self) -> int:
         """Seconds until the queue has likely drained: its batches at the last batch's pace, at least 1."""
