@@ -6,7 +6,6 @@ import base64
 import io
 import time
 from collections import defaultdict
-from contextlib import nullcontext
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +17,7 @@ from saliency.api.batching import Batcher
 from saliency.api.errors import RequestError
 from saliency.api.parsing import ExplainRequest
 from saliency.models import LoadedModel
-from saliency.pipeline import Classes, explain_prepared, prepare, render, target_of
+from saliency.pipeline import prepare, render, target_of
 from saliency.render import DEFAULT_CMAP, DEFAULT_PERCENTILE, convention
 from saliency.units import Unit
 
@@ -38,7 +37,7 @@ class Timer:
 
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     started: float = field(default_factory=time.perf_counter)
-    batch_images: int = 0  #: images in the model call this request shared (0: not batched)
+    batch_images: int = 0  #: images in the model call this request shared (its own included)
     overhead_cpu: float = 0.0
 
     def stage(self, name: str) -> "_Stage":
@@ -93,33 +92,28 @@ class Outcome:
     unit_values: list[list[float | None]] = field(default_factory=list)  # per image and target: a unit's value
 
 
-def run(model: LoadedModel, req: ExplainRequest, max_pixels: int, max_render_pixels: int | None = None,
-        batcher: Batcher | None = None) -> Outcome:
+def run(model: LoadedModel, req: ExplainRequest, batcher: Batcher, max_pixels: int,
+        max_render_pixels: int | None = None) -> Outcome:
     """Explain every image of ``req`` with ``model`` (a loaded model) through the pipeline.
 
     Refused before any work when its pictures, drawn at each image's size (the crop the model saw,
     or the whole image for overlays), would hold more than ``max_render_pixels`` pixels in all.
-    With a ``batcher``, the model call is shared with other requests queued there (each keeps its
+    The model call goes through ``batcher``, shared with other requests queued there (each keeps its
     own target or top-k); decoding, rendering and encoding stay in the calling thread.
     """
     timer = Timer()
     fixed_target = None if req.target is None else target_of(model, req.target)
     prepared = []
-    with nullcontext() if batcher is None else batcher.arriving():  # refused at once when the queue is full
+    with batcher.arriving():  # refused at once when the queue is full
         for data in req.images:  # one at a time, so that a request over the drawing limit stops early
             prepared.append(prepare(model, data, max_pixels=max_pixels, stage=timer.stage))
             if max_render_pixels is not None:
                 _check_drawing(req, prepared, len(model.labels), max_render_pixels)
-        if batcher is None:
-            classes = Classes(fixed=() if fixed_target is None else (fixed_target,), topk=req.topk)
-            explained, report = explain_prepared(model, prepared, req.methods, classes, dict(req.options),
-                                                 stage=timer.stage)
-        else:
-            answer = batcher.explain(prepared, req.methods, fixed_target, req.topk, dict(req.options))
-            explained, report = answer.explained, answer.report
-            timer.seconds["queue"] += answer.waited
-            timer.seconds["explain"] += sum(report.seconds.values())
-            timer.batch_images = answer.batch_images
+        answer = batcher.explain(prepared, req.methods, fixed_target, req.topk, dict(req.options))
+    explained, report = answer.explained, answer.report
+    timer.seconds["queue"] += answer.waited
+    timer.seconds["explain"] += sum(report.seconds.values())
+    timer.batch_images = answer.batch_images
     pictures = []
     for drawn in render(explained, req.methods, req.style, alpha=req.alpha, cmap=DEFAULT_CMAP,
                         percentile=DEFAULT_PERCENTILE, stage=timer.stage):
@@ -172,7 +166,7 @@ def to_json(outcome: Outcome, model: LoadedModel) -> dict[str, Any]:
         "warnings": outcome.warnings,
         "activations": outcome.activations,
         "timing": {**timing, "methods": {k: round(v, 6) for k, v in outcome.method_seconds.items()},
-                   "batch_images": timer.batch_images or len(outcome.sizes)},
+                   "batch_images": timer.batch_images},
     }
 
 

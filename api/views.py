@@ -47,7 +47,7 @@ def explain() -> Response:
 def explain_outcome(req: ExplainRequest) -> Outcome:
     """Explain a parsed request with the served model, through its worker's batcher: what every explain route calls."""
     s = state()
-    return run(s.model, req, s.settings.max_pixels, s.settings.max_render_pixels, batcher=s.batcher)
+    return run(s.model, req, s.batcher, s.settings.max_pixels, s.settings.max_render_pixels)
 
 
 @bp.get("/v1/models")
