@@ -45,6 +45,10 @@ class Classes:
     fixed: tuple[int | tuple[int, ...] | Unit, ...] = ()
     topk: int = 1
 
+    def fixed_for(self, pictures: Sequence[int]) -> list[int | Unit | list[int]]:
+        """``fixed`` for a group of the pictures (their indices): each per-picture tuple cut to the group's."""
+        return [t if isinstance(t, (int, Unit)) else [t[i] for i in pictures] for t in self.fixed]
+
     def per_image(self, num_classes: int) -> int:
         """How many classes each picture gets explained for (top-k stops at the model's class count)."""
         return len(self.fixed) if self.fixed else min(self.topk, num_classes)
@@ -185,8 +189,7 @@ def explain_prepared(model: LoadedModel, prepared: Sequence[Prepared], methods: 
             report.add(Report(seconds={"forward": time.perf_counter() - start}))
             continue
         with stage("explain"):
-            fixed = [t if isinstance(t, (int, Unit)) else [t[i] for i in indices] for t in classes.fixed]
-            results = explain_classes(model.module, x, methods, fixed,
+            results = explain_classes(model.module, x, methods, classes.fixed_for(indices),
                                       topk=None if classes.fixed else count, options=options, progress=progress)
             probabilities = results[0].probabilities.detach().float().cpu()
             targets = [_targets_of(r) for r in results]   # [classes][B]
@@ -208,7 +211,8 @@ def _predict(model: LoadedModel, x: Tensor, classes: Classes, indices: list[int]
     with torch.inference_mode():
         probabilities = model.module(x.to(model.device)).float().softmax(dim=1).cpu()
     if classes.fixed:
-        return probabilities, [[t if isinstance(t, int) else t[i] for t in classes.fixed] for i in indices]
+        fixed = classes.fixed_for(indices)
+        return probabilities, [[t if isinstance(t, int) else t[row] for t in fixed] for row in range(len(indices))]
     return probabilities, probabilities.topk(min(count, probabilities.shape[1]), dim=1).indices.tolist()
 
 
