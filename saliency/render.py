@@ -88,9 +88,12 @@ def signed_rgb(attribution: ArrayLike, percentile: float = DEFAULT_PERCENTILE) -
 
 def colorize(values: np.ndarray, cmap: str = DEFAULT_CMAP) -> np.ndarray:
     """Values in [0, 1] (any shape) -> uint8 RGB through a matplotlib colormap, ``[..., 3]``."""
-    lut = _lookup_table(cmap)
-    index = np.rint(np.clip(values, 0.0, 1.0) * 255).astype(np.intp)
-    return lut[index]
+    return _lookup_table(cmap)[_levels(values)]
+
+
+def _levels(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] -> the colour map's entry for each, 0-255 (uint8)."""
+    return np.rint(np.clip(values, 0.0, 1.0) * 255).astype(np.uint8)
 
 
 def render(attribution: ArrayLike, style: str = DEFAULT_STYLE, prepared: "Prepared | None" = None, *,
@@ -290,7 +293,7 @@ def _heatmap_picture(values: np.ndarray, cmap: str, size: tuple[int, int] | None
     """
     if size is not None and size != (values.shape[1], values.shape[0]):
         values = np.asarray(Image.fromarray(values.astype(np.float32), "F").resize(size, Image.Resampling.BILINEAR))
-    picture = Image.fromarray(np.rint(np.clip(values, 0.0, 1.0) * 255).astype(np.uint8), "L").convert("P")
+    picture = Image.fromarray(_levels(values), "L").convert("P")
     picture.putpalette(_lookup_table(cmap).tobytes())
     return picture
 
