@@ -61,3 +61,18 @@ def test_ray_engine_resumes_what_the_local_engine_began(tmp_path, local_ray):
     summary = explain_dataset([str(tmp_path / "images")], out, methods=["guided"], engine="ray", shard_size=2)
     assert (summary.explained, summary.skipped) == (4, 2)
     assert sorted(rows(tmp_path / "out").column("source").to_pylist()) == sorted(str(p) for p in images)
+
+
+@pytest.mark.timeout(240)
+def test_every_ray_actor_explains_with_the_drivers_weights(tmp_path, local_ray):
+    """Random weights are drawn once, in the driver: each actor gets them from the object store."""
+    import torch
+
+    write_images(tmp_path / "images", 6)
+    call = dict(methods=["guided"], weights="random", batch_size=2, shard_size=2)
+    torch.manual_seed(0)
+    explain_dataset([str(tmp_path / "images")], str(tmp_path / "local"), **call)
+    torch.manual_seed(0)
+    summary = explain_dataset([str(tmp_path / "images")], str(tmp_path / "ray"), engine="ray", workers=2, **call)
+    assert (summary.explained, summary.failed) == (6, [])
+    _same_rows(rows(tmp_path / "ray"), rows(tmp_path / "local"))

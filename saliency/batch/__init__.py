@@ -97,7 +97,7 @@ def explain_dataset(sources: Sequence[str], out: str, *, model: str | LoadedMode
     if engine == "ray":
         from saliency.batch.ray_engine import run_ray
 
-        summary.explained, summary.failed = run_ray(spec, loaded.preprocessing, todo, store, shard_size, report,
+        summary.explained, summary.failed = run_ray(spec, loaded, todo, store, shard_size, report,
                                                     workers=workers, gpus_per_worker=gpus_per_worker, address=address)
         written = store.done()  # a shard lost with a node that Ray did not retry (a local run raises instead)
         summary.missing = [s.id for s in todo if s.id not in written]

@@ -1,7 +1,10 @@
 """The Ray Data engine: decode as CPU tasks, explain in an actor pool that loads the model once per actor.
 
 Thin glue: the stages are :func:`~saliency.batch.work.decode` and
-:func:`~saliency.batch.work.explain_decoded`, as in the local engine. Each actor call takes one
+:func:`~saliency.batch.work.explain_decoded`, as in the local engine. The driver's loaded model
+goes to every actor through Ray's object store: all actors explain with the same weights (also
+random or factory-initialised ones), and worker nodes need neither the weights file nor the
+network. Each actor call takes one
 shard's sources and writes that shard itself (atomically, named by its sources), so a task that
 Ray retries after losing a node rewrites the same shard instead of adding a second copy; Ray's own
 ``write_parquet`` writes files in place, where a killed worker can leave half a file.
@@ -9,6 +12,7 @@ Ray retries after losing a node rewrites the same shard instead of adding a seco
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Sequence
@@ -21,7 +25,7 @@ from saliency.batch.sources import Source
 from saliency.batch.store import Store
 from saliency.batch.work import Decoded, JobSpec, decode, explain_decoded, write_pictures
 from saliency.errors import SaliencyError
-from saliency.preprocess import Preprocessing
+from saliency.models import LoadedModel
 
 INSTALL = "pip install 'saliency[ray]'"
 DECODE_CPUS = 0.5
@@ -66,13 +70,18 @@ def connect(address: str | None) -> Any:
     return ray
 
 
-def run_ray(spec: JobSpec, preprocessing: Preprocessing, sources: Sequence[Source], store: Store, shard_size: int,
+def run_ray(spec: JobSpec, loaded: LoadedModel, sources: Sequence[Source], store: Store, shard_size: int,
             progress: Progress, *,
             workers: int = 1, gpus_per_worker: float = 0, address: str | None = None) -> tuple[int, list[str]]:
-    """Explain ``sources`` into ``store`` on a Ray cluster (joined at ``address``, else started here)."""
+    """Explain ``sources`` into ``store`` with ``loaded`` (``spec``'s model, loaded here) on a Ray cluster
+    (joined at ``address``, else started here)."""
     ray = connect(address)
     if not sources:
         return 0, []
+    preprocessing = loaded.preprocessing
+    shared = _shared_model(ray, loaded)
+    if shared:  # the actors take the model from the store: the spec need not carry it a second time
+        spec = dataclasses.replace(spec, model=loaded.name)
     items = [{"source": s.id, "data": s.data} for s in sources]
     dataset = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / shard_size)))
     cpus = ray.cluster_resources().get("CPU", 1.0)
@@ -85,7 +94,7 @@ def run_ray(spec: JobSpec, preprocessing: Preprocessing, sources: Sequence[Sourc
     summaries = decoded.map_batches(
         _Explainer, batch_size=shard_size, batch_format="pyarrow",
         fn_constructor_kwargs={"spec": spec, "dest": store.dest, "job": store.job, "gpus": gpus_per_worker,
-                               "threads": torch_threads(cpus, workers)},
+                               "threads": torch_threads(cpus, workers), "shared": shared},
         compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=gpus_per_worker or None,
         num_cpus=worker_cpus(cpus, workers))  # restarted after a lost node,
     # and their calls retried, by Ray Data's defaults (max_restarts=-1, max_task_retries=-1)
@@ -99,6 +108,18 @@ def run_ray(spec: JobSpec, preprocessing: Preprocessing, sources: Sequence[Sourc
         progress(sum(counts) + len(errors), len(errors))
     store.clear_temporary()  # a writer killed with a lost node left one; Ray retried its call, which wrote it whole
     return explained, failed
+
+
+def _shared_model(ray: Any, loaded: LoadedModel) -> list[Any]:
+    """``[ref]`` to ``loaded`` in the object store (in a list, so that the actor fetches it itself), or ``[]``
+    where it cannot go there (its weights are not on the CPU, or it does not pickle): then each actor loads
+    the model from the spec itself."""
+    if loaded.device.type != "cpu":
+        return []
+    try:
+        return [ray.put(loaded)]
+    except Exception:  # noqa: BLE001 - any pickling failure: fall back to loading by name
+        return []
 
 
 def decode_table(table: Any, preprocessing: Any, max_pixels: int) -> Any:
@@ -121,10 +142,13 @@ def decode_table(table: Any, preprocessing: Any, max_pixels: int) -> Any:
 class _Explainer:
     """Ray actor: loads the model once, then explains and writes one shard per call."""
 
-    def __init__(self, spec: JobSpec, dest: str, job: dict, gpus: float, threads: int) -> None:
+    def __init__(self, spec: JobSpec, dest: str, job: dict, gpus: float, threads: int, shared: list[Any]) -> None:
+        import ray
         import torch
 
         torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))  # Ray sets OMP_NUM_THREADS to the CPUs asked
+        if shared:
+            spec = dataclasses.replace(spec, model=ray.get(shared[0]))
         self.spec = spec
         self.loaded = spec.load("cuda" if gpus and torch.cuda.is_available() else None)
         self.classes = spec.classes(self.loaded)
