@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,8 +28,6 @@ from saliency.errors import SaliencyError
 from saliency.models import LoadedModel
 
 INSTALL = "pip install 'saliency[ray]'"
-CALLS_PER_ACTOR = 2
-"""Calls an actor runs at once: the model explains one shard at a time (a lock), while another call writes."""
 DECODE_CPUS = 0.5
 """CPUs a decode task is counted as when sharing a cluster out: decoding is light next to the model."""
 
@@ -98,9 +95,7 @@ def run_ray(spec: JobSpec, loaded: LoadedModel, sources: Sequence[Source], store
         _Explainer, batch_size=shard_size, batch_format="pyarrow",
         fn_constructor_kwargs={"spec": spec, "dest": store.dest, "job": store.job, "gpus": gpus_per_worker,
                                "threads": torch_threads(cpus, workers), "shared": shared},
-        # two calls at a time per actor: one writes its shard while the other holds the model
-        compute=ray.data.ActorPoolStrategy(size=workers, max_concurrent_calls_per_actor=CALLS_PER_ACTOR,
-                                           enable_true_multi_threading=True), num_gpus=gpus_per_worker or None,
+        compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=gpus_per_worker or None,
         num_cpus=worker_cpus(cpus, workers))  # restarted after a lost node,
     # and their calls retried, by Ray Data's defaults (max_restarts=-1, max_task_retries=-1)
     explained, failed = 0, []
@@ -145,8 +140,7 @@ def decode_table(table: Any, preprocessing: Any, max_pixels: int) -> Any:
 
 
 class _Explainer:
-    """Ray actor: loads the model once, then explains and writes one shard per call; calls overlap, the model
-    runs one of them at a time."""
+    """Ray actor: loads the model once, then explains and writes one shard per call."""
 
     def __init__(self, spec: JobSpec, dest: str, job: dict, gpus: float, threads: int, shared: list[Any]) -> None:
         import ray
@@ -159,14 +153,12 @@ class _Explainer:
         self.loaded = spec.load("cuda" if gpus and torch.cuda.is_available() else None)
         self.classes = spec.classes(self.loaded)
         self.store = Store(dest, job)
-        self.model_lock = threading.Lock()
 
     def __call__(self, table: Any) -> Any:
         import pyarrow as pa
 
         decoded = [_decoded(row) for row in table.to_pylist()]
-        with self.model_lock:
-            rows = explain_decoded(self.loaded, decoded, self.spec, self.classes)
+        rows = explain_decoded(self.loaded, decoded, self.spec, self.classes)
         write_pictures(rows.rows, self.spec, self.loaded.name)
         self.store.write(rows.rows)
         sources = [d.source for d in decoded]
