@@ -191,7 +191,11 @@ def test_several_images_are_one_batch_equal_to_single_requests(client):
     assert len(batch["results"]) == 3
     for data, result in zip(images, batch["results"]):
         single = post(client, data, "?method=guided&raw=npy").get_json()["results"][0]
-        assert result["predictions"] == single["predictions"]
+        # the same classes; probabilities to float rounding (oneDNN picks other kernels for a batch of one)
+        assert [(p["index"], p["label"]) for p in result["predictions"]] == \
+            [(p["index"], p["label"]) for p in single["predictions"]]
+        np.testing.assert_allclose([p["probability"] for p in result["predictions"]],
+                                   [p["probability"] for p in single["predictions"]], atol=2e-6)
         np.testing.assert_allclose(decode_npy(result["explanations"][0]["maps"]["guided"]["npy"]),
                                    decode_npy(single["explanations"][0]["maps"]["guided"]["npy"]),
                                    rtol=1e-4, atol=1e-6)
