@@ -1,4 +1,4 @@
-"""The Ray Data engine: decode as CPU tasks, explain in an actor pool that loads the model once per actor.
+"""The Ray Data engine: decode as CPU tasks, explain in an actor pool that holds the driver's model.
 
 Thin glue: the stages are :func:`~saliency.batch.work.decode` and
 :func:`~saliency.batch.work.explain_decoded`, as in the local engine. The driver's loaded model
@@ -78,7 +78,6 @@ def run_ray(spec: JobSpec, loaded: LoadedModel, sources: Sequence[Source], store
     ray = connect(address)
     if not sources:
         return 0, []
-    preprocessing = loaded.preprocessing
     shared = _shared_model(ray, loaded)
     if shared:  # the actors take the model from the store: the spec need not carry it a second time
         spec = dataclasses.replace(spec, model=loaded.name)
@@ -90,7 +89,7 @@ def run_ray(spec: JobSpec, loaded: LoadedModel, sources: Sequence[Source], store
     # task that must run again (it ran there, or its output was stored there) would wait forever.
     decoded = dataset.map_batches(decode_table, batch_size=shard_size, batch_format="pyarrow",
                                   num_cpus=0, compute=ray.data.TaskPoolStrategy(size=decode_tasks(cpus, workers)),
-                                  fn_kwargs={"preprocessing": preprocessing, "max_pixels": spec.max_pixels})
+                                  fn_kwargs={"preprocessing": loaded.preprocessing, "max_pixels": spec.max_pixels})
     summaries = decoded.map_batches(
         _Explainer, batch_size=shard_size, batch_format="pyarrow",
         fn_constructor_kwargs={"spec": spec, "dest": store.dest, "job": store.job, "gpus": gpus_per_worker,
