@@ -74,6 +74,28 @@ def test_schema_types_and_job_record(tmp_path, images):
     assert job["model"] == "demo" and job["methods"] == ["deconvnet"] and job["reduce"] == "none"
 
 
+@pytest.mark.parametrize("reduce", ["none", "max-abs"])
+def test_pandas_and_duckdb_read_the_maps_pyarrow_reads(tmp_path, images, reduce):
+    import duckdb
+    import pandas as pd
+
+    (tmp_path / "images" / "broken.png").write_bytes(b"not a picture")
+    explain_dataset([str(tmp_path / "images")], str(tmp_path / "out"), methods=METHODS, reduce=reduce, shard_size=4)
+    expected = {r["source"]: r for r in rows(tmp_path / "out").to_pylist()}
+    frame = pd.read_parquet(tmp_path / "out")  # the README's recipes, as written there
+    assert sorted(frame.source) == sorted(expected)
+    row = frame[frame.error.isna()].iloc[0]
+    guided = np.asarray(row.map_guided, dtype=np.float32).reshape(row.map_shape)
+    assert np.array_equal(guided.ravel(), np.asarray(expected[row.source]["map_guided"], np.float32))
+    pattern = str(tmp_path / "out" / "*.parquet")
+    counts = duckdb.sql(f"SELECT label, count(*) FROM '{pattern}' WHERE error IS NULL GROUP BY label").fetchall()
+    assert sum(n for _, n in counts) == 10
+    assert duckdb.sql(f"SELECT source FROM '{pattern}' WHERE error IS NOT NULL").fetchall() == [
+        (str(tmp_path / "images" / "broken.png"),)]
+    for source, vanilla in duckdb.sql(f"SELECT source, map_vanilla FROM '{pattern}' WHERE error IS NULL").fetchall():
+        assert np.array_equal(np.asarray(vanilla, np.float32), np.asarray(expected[source]["map_vanilla"], np.float32))
+
+
 def test_corrupt_missing_and_oversized_images_are_error_rows_beside_good_ones(tmp_path, images):
     bad = tmp_path / "images" / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")

@@ -106,12 +106,25 @@ class Store:
         name = f"part-{digest}.parquet"
         temp = self._temporary(name)
         try:
-            pq.write_table(table, temp, filesystem=self.filesystem, compression="zstd")
+            pq.write_table(table, temp, filesystem=self.filesystem, **self.encoding())
             self.filesystem.move(temp, f"{self.root}/{name}")
         except BaseException:
             _delete_quietly(self.filesystem, temp)
             raise
         return name
+
+    def encoding(self) -> dict[str, Any]:
+        """How shards are encoded: zstd, no dictionaries, float32 maps byte-stream split.
+
+        A map's floats are nearly all distinct, so a dictionary only costs: with one, pyarrow writes
+        a raw ResNet50 row in about 3 × the time, and the file comes out larger. Splitting float32
+        values by byte makes them compress about 8 % smaller for the same time; pyarrow, pandas and
+        DuckDB read it (parquet-mr since 1.12). float16 maps stay plain, which older readers also take.
+        """
+        split = [f"{f.name}.list.element" for f in self.schema
+                 if f.name.startswith("map_") and f.name != "map_shape" and f.type.value_type.bit_width == 32]
+        return {"compression": "zstd", "use_dictionary": False, "use_compliant_nested_type": True,
+                "use_byte_stream_split": split}
 
     def table(self, rows: Sequence[Mapping[str, Any]]):
         """Rows (dicts with the schema's columns; maps as numpy arrays) as an Arrow table."""
