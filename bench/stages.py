@@ -3,7 +3,7 @@
     python bench/stages.py                 # 256 JPEGs 224x224, ResNet50's preprocessing, method guided
 
 * decode: read + decode + prepare one JPEG (saliency.batch.work.decode), images/s on one thread;
-* write: build and write Parquet shards of rows as the job stores them (zstd), rows/s and MB/s
+* write: build and write Parquet shards of rows as the job stores them (Store.encoding), rows/s and MB/s
   on one thread, for raw float32 maps ``[3, 224, 224]`` and for ``--reduce max-abs`` (float16 ``[224, 224]``).
 
 The model's own rate is bench/batch.py's "limit" (CPU) and bench/methods.py's (GPU).

@@ -233,3 +233,43 @@ def test_a_job_killed_mid_way_and_rerun_has_every_source_exactly_once(tmp_path):
     assert summary.skipped == len(written) and summary.explained == 120 - len(written)
     assert Counter(sources_in(out)) == Counter({str(p): 1 for p in images})
     assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_decoding_waits_between_model_batches_only_where_the_model_takes_every_core(demo):
+    from saliency.batch.local import plan_threads
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        between = plan_threads(demo, cores=4)
+        assert not between.beside_model and between.decode_threads == 4  # all cores decode while the model waits
+        assert plan_threads(demo, cores=16) == type(between)(beside_model=True, decode_threads=12)
+        torch.set_num_threads(1)
+        assert plan_threads(demo, cores=2).beside_model
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="decoding beside a one-thread model needs a second core")
+def test_decoding_beside_the_model_and_between_its_batches_write_the_same_rows(tmp_path, images):
+    from saliency.batch.local import available_cores, plan_threads
+
+    before = torch.get_num_threads()
+    tables, plans = [], []
+    try:
+        for threads in (1, available_cores()):
+            torch.set_num_threads(threads)
+            plans.append(plan_threads(load_model("demo")).beside_model)
+            explain_dataset([str(tmp_path / "images")], str(tmp_path / f"out{threads}"), methods=METHODS,
+                            batch_size=3, shard_size=4)
+            tables.append(rows(tmp_path / f"out{threads}").to_pylist())
+    finally:
+        torch.set_num_threads(before)
+    assert plans == [True, False]
+    assert len(tables[0]) == len(tables[1]) == 10
+    for beside, between in zip(*tables):  # the same work; torch's thread count only changes float rounding
+        assert (beside["source"], beside["target"], beside["width"]) == (between["source"], between["target"],
+                                                                         between["width"])
+        assert beside["probability"] == pytest.approx(between["probability"], rel=1e-5)
+        for method in METHODS:
+            assert np.allclose(beside[f"map_{method}"], between[f"map_{method}"], rtol=1e-4, atol=1e-7)
