@@ -19,6 +19,7 @@ from saliency.api.metrics import Metrics
 from saliency.api.parsing import InMemoryRequest
 from saliency.api.state import EXTENSION, AppState
 from saliency.api.views import bp
+from saliency.memory import reuse_freed_memory
 from saliency.models import LoadedModel, load_model
 from saliency.render import render_batch
 
@@ -40,6 +41,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
+    reuse_freed_memory()
     model = load_model(settings.model, settings.weights, labels=settings.labels, input_size=settings.input_size,
                        resize=settings.resize, mean=settings.mean, std=settings.std, device=settings.device)
     warm_up(model)

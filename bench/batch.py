@@ -54,6 +54,7 @@ import saliency
 from saliency.batch import DEFAULT_SHARD_SIZE, explain_dataset
 from saliency.batch.sources import Source
 from saliency.batch.work import decode
+from saliency.memory import reuse_freed_memory
 from saliency.models import LoadedModel, load_model
 
 TARGET_LOCAL = 0.9   # local engine ≥ 0.9 × the limit
@@ -226,7 +227,9 @@ def report(results: list[Result], args: argparse.Namespace, actors: dict[int, st
     print("\n## Batch job against the bare loop\n")
     print(f"Machine: {platform.system()} {platform.machine()}, {os.cpu_count()} CPUs ({cpus} usable), "
           f"torch {torch.__version__} with {torch.get_num_threads()} intra-op threads in this process"
-          + (f", OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}" if "OMP_NUM_THREADS" in os.environ else "") + ".")
+          + (f", OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}" if "OMP_NUM_THREADS" in os.environ else "") + "; "
+          + ("freed memory kept for reuse (saliency.memory), as by the saliency command." if args.memory_kept
+             else "glibc's malloc defaults."))
     if actors is not None:
         import ray
 
@@ -305,10 +308,14 @@ def main() -> None:
     parser.add_argument("--skip-ray", action="store_true", help="the local engine only; Ray is not started")
     parser.add_argument("--ray-cpus", type=int, default=2, help="CPUs of the local Ray (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the round order")
+    parser.add_argument("--malloc-defaults", action="store_true",
+                        help="leave glibc's malloc as it is (the saliency command keeps freed memory for reuse: "
+                             "saliency.memory)")
     args = parser.parse_args()
     if args.images < 1 or args.batch_size < 1 or args.repeats < 1:
         parser.error("--images, --batch-size and --repeats must be at least 1")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
+    args.memory_kept = False if args.malloc_defaults else reuse_freed_memory()  # as the saliency command does
     started = time.perf_counter()
     scratch = Path(tempfile.mkdtemp(prefix="saliency-bench-batch-"))
     ray = actors = None

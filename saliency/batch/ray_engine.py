@@ -25,6 +25,7 @@ from saliency.batch.sources import Source
 from saliency.batch.store import Store
 from saliency.batch.work import Decoded, JobSpec, decode, explain_decoded, write_pictures
 from saliency.errors import SaliencyError
+from saliency.memory import reuse_freed_memory
 from saliency.models import LoadedModel
 
 INSTALL = "pip install 'saliency[ray]'"
@@ -146,6 +147,7 @@ class _Explainer:
         import torch
 
         torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))  # Ray sets OMP_NUM_THREADS to the CPUs asked
+        reuse_freed_memory()
         if shared:
             spec = dataclasses.replace(spec, model=ray.get(shared[0]))
         self.spec = spec

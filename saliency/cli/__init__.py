@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from saliency import __version__
 from saliency.cli.options import PROG, examples, fail, restore_threads
 from saliency.errors import SaliencyError
+from saliency.memory import reuse_freed_memory
 
 COMMANDS: tuple[str, ...] = ("explain", "compare", "batch", "features", "eval", "list_models", "serve", "train_demo")
 """The command modules of this package, in the order ``saliency --help`` lists them; each has
@@ -25,6 +26,7 @@ __all__ = ["COMMANDS", "PROG", "build_parser", "main"]
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     args = build_parser().parse_args(argv)
+    reuse_freed_memory()
     try:
         with warnings.catch_warnings():
             from saliency.errors import UnsupportedActivationWarning
