@@ -3,11 +3,14 @@
 On the CPU torch takes each activation and gradient from ``malloc``. By default glibc serves
 blocks above its mmap threshold (128 kB at first, rising to the largest block freed, at most 32 MB)
 with fresh pages from the kernel and gives them back on ``free``, and it trims the heap whenever
-twice that threshold lies free at its top. A model's batch then faults its memory in again, page by
-page, each page zeroed by the kernel: ResNet50 at batch 16 touches gigabytes of fresh pages per
-call, and on the test machine that cost a quarter of the time (bench/README.md). With blocks up
-to 32 MB taken from the heap, and 1 GB of free heap kept before trimming, the next batch reuses
-the last one's pages. A process holds on to what its largest batch needed; it does not grow beyond.
+twice that threshold lies free at its top; threads other than the main one allocate from arenas
+of their own, which it unmaps as soon as they are empty. A model's batch then faults its memory in
+again, page by page, each page zeroed by the kernel: ResNet50 at batch 16 touches gigabytes of
+fresh pages per call, a quarter of its time on a 2-core machine (bench/README.md). With blocks up
+to 32 MB taken from the heap, 1 GB of free heap kept before trimming, and one arena for every
+thread (the service's model thread and Ray's actor threads are not the main one), the next batch
+reuses the last one's pages. A process holds on to what its largest batch needed; it does not
+grow beyond. Small blocks stay in each thread's own cache, so threads rarely wait on that arena.
 """
 
 from __future__ import annotations
@@ -22,8 +25,11 @@ MMAP_THRESHOLD = 32 * 1024 * 1024
 TRIM_THRESHOLD = 1024 * 1024 * 1024
 """Free heap kept for reuse before glibc hands it back to the kernel."""
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
-_USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+ARENAS = 1
+"""One arena for all threads: memory a thread frees stays in the heap for the next batch, whichever thread runs it."""
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # glibc's malloc.h
+_USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_ARENA_MAX")
 _applied: bool | None = None
 
 
@@ -49,7 +55,9 @@ def _apply() -> bool:
     except (OSError, AttributeError):  # musl and others: no mallopt
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return all(mallopt(option, value) for option, value in ((_M_MMAP_THRESHOLD, MMAP_THRESHOLD),
+                                                            (_M_TRIM_THRESHOLD, TRIM_THRESHOLD),
+                                                            (_M_ARENA_MAX, ARENAS)))
 
 
 def _user_tuned() -> bool:

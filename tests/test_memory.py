@@ -10,30 +10,38 @@ import pytest
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc settings")
 
 PROBE = """
-import json, resource, sys
+import json, resource, sys, threading
 import torch
 from saliency.memory import reuse_freed_memory
 applied = reuse_freed_memory() if sys.argv[1] == "tuned" else False
 def batch():  # what a model's pass does: many large blocks, allocated, written, freed
     blocks = [torch.ones(1024 * 1024) for _ in range(64)]  # 4 MB each, 256 MB in all
     del blocks
+def batches():
+    for _ in range(5):
+        batch()
 batch()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
-    batch()
+if sys.argv[2] == "thread":  # as the service's model thread and Ray's actor threads run
+    worker = threading.Thread(target=batches)
+    worker.start()
+    worker.join()
+else:
+    batches()
 print(json.dumps({"applied": applied, "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}))
 """
 
 
-def _probe(mode: str, **env: str) -> dict:
+def _probe(mode: str, where: str = "main", **env: str) -> dict:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")} | env
-    done = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True,
+    done = subprocess.run([sys.executable, "-c", PROBE, mode, where], capture_output=True,
                           text=True, env=environment, timeout=120, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_freed_blocks_are_reused_instead_of_faulted_in_again():
-    plain, tuned = _probe("plain"), _probe("tuned")
+@pytest.mark.parametrize("where", ["main", "thread"])
+def test_freed_blocks_are_reused_instead_of_faulted_in_again(where):
+    plain, tuned = _probe("plain", where), _probe("tuned", where)
     pages = 5 * 256 * 1024 * 1024 // 4096  # five batches of 256 MB, 4 kB pages
     assert tuned["applied"]
     assert tuned["faults"] < pages / 10  # the pages of the first batch serve the next ones
