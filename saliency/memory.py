@@ -6,11 +6,12 @@ with fresh pages from the kernel and gives them back on ``free``, and it trims t
 twice that threshold lies free at its top; threads other than the main one allocate from arenas
 of their own, which it unmaps as soon as they are empty. A model's batch then faults its memory in
 again, page by page, each page zeroed by the kernel: ResNet50 at batch 16 touches gigabytes of
-fresh pages per call, a quarter of its time on a 2-core machine (bench/README.md). With blocks up
-to 32 MB taken from the heap, 1 GB of free heap kept before trimming, and one arena for every
-thread (the service's model thread and Ray's actor threads are not the main one), the next batch
-reuses the last one's pages. A process holds on to what its largest batch needed; it does not
-grow beyond. Small blocks stay in each thread's own cache, so threads rarely wait on that arena.
+fresh pages per call, a fifth to a quarter of its time on a 2-core machine (bench/README.md).
+With blocks up to 32 MB taken from the heap, 1 GB of free heap kept before trimming, and one arena
+for every thread (the service's model thread and Ray's actor threads are not the main one), the
+next batch reuses the last one's pages. A process holds on to what its largest batch needed; it
+does not grow beyond. Small blocks stay in each thread's own cache, so threads rarely wait on
+that arena.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import os
 import sys
 
 MMAP_THRESHOLD = 32 * 1024 * 1024
-"""Blocks up to this size come from the heap: the most ``mallopt`` accepts on 64-bit Linux."""
+"""Blocks up to this size come from the heap: as far as glibc's own threshold would rise, and what every glibc accepts."""
 TRIM_THRESHOLD = 1024 * 1024 * 1024
 """Free heap kept for reuse before glibc hands it back to the kernel."""
 
