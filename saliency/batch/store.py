@@ -55,6 +55,7 @@ class Store:
         except Exception as exc:
             raise StoreError(f"cannot open --out {dest!r}: {exc}") from None
         self.schema = schema(job["methods"], job["reduce"], job)
+        self.map_columns = tuple(f"map_{m}" for m in job["methods"])
 
     def open(self) -> None:
         """Create DEST if needed, check it holds this job (or nothing), and clear half-written temporary files."""
@@ -123,8 +124,8 @@ class Store:
         (parquet-mr since 1.12). float16 maps stay plain, which older readers also take; a
         dictionary would make them 4 % smaller but their writing 1.5 × slower.
         """
-        split = [f"{f.name}.list.element" for f in self.schema
-                 if f.name.startswith("map_") and f.name != "map_shape" and f.type.value_type.bit_width == 32]
+        split = [f"{name}.list.element" for name in self.map_columns
+                 if self.schema.field(name).type.value_type.bit_width == 32]
         return {"compression": "zstd", "use_dictionary": False, "use_compliant_nested_type": True,
                 "use_byte_stream_split": split}
 
@@ -135,7 +136,7 @@ class Store:
         columns = {}
         for field in self.schema:
             values = [r.get(field.name) for r in rows]
-            if field.name.startswith("map_") and field.name != "map_shape":
+            if field.name in self.map_columns:
                 columns[field.name] = _list_array(values, field.type.value_type)
             else:
                 columns[field.name] = pa.array(values, type=field.type)
