@@ -31,7 +31,6 @@ from saliency.batch.sources import Source, list_sources
 from saliency.batch.work import Decoded, decode
 from saliency.engine import explain
 from saliency.errors import OptionError, SaliencyError
-from saliency.memory import reuse_freed_memory
 from saliency.methods import resolve_methods
 from saliency.models import LoadedModel
 from saliency.names import slug
@@ -379,8 +378,9 @@ class _Scanner:
     """Ray actor: loads the model once; per batch, each image's per-channel maxima of each layer."""
 
     def __init__(self, model: LoadedModel, layers: list[str], threads: int) -> None:
-        torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
-        reuse_freed_memory()
+        from saliency.batch.ray_engine import prepare_actor
+
+        prepare_actor(threads)
         self.model, self.layers = model, layers
 
     def __call__(self, table: Any) -> Any:

@@ -110,6 +110,15 @@ def run_ray(spec: JobSpec, loaded: LoadedModel, sources: Sequence[Source], store
     return explained, failed
 
 
+def prepare_actor(threads: int) -> None:
+    """Set up a model actor's process: ``threads`` torch threads (Ray sets ``OMP_NUM_THREADS`` to the CPUs the
+    actor asked for, fewer than it may use), and freed memory kept for the next batch."""
+    import torch
+
+    torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
+    reuse_freed_memory()
+
+
 def _shared_model(ray: Any, loaded: LoadedModel) -> list[Any]:
     """``[ref]`` to ``loaded`` in the object store (in a list, so that the actor fetches it itself), or ``[]``
     where it cannot go there (its weights are not on the CPU, or it does not pickle): then each actor loads
@@ -146,8 +155,7 @@ class _Explainer:
         import ray
         import torch
 
-        torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))  # Ray sets OMP_NUM_THREADS to the CPUs asked
-        reuse_freed_memory()
+        prepare_actor(threads)
         if shared:
             spec = dataclasses.replace(spec, model=ray.get(shared[0]))
         self.spec = spec
