@@ -52,6 +52,7 @@ from images import photo_jpeg  # bench/images.py
 
 import saliency
 from saliency.batch import DEFAULT_SHARD_SIZE, explain_dataset
+from saliency.batch.local import available_cores
 from saliency.batch.sources import Source
 from saliency.batch.work import decode
 from saliency.memory import reuse_freed_memory
@@ -223,7 +224,7 @@ def table(head: list[str], rows: list[list[str]]) -> None:
 
 def report(results: list[Result], args: argparse.Namespace, actors: dict[int, str] | None) -> None:
     n, b = args.images, args.batch_size
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = available_cores()
     print("\n## Batch job against the bare loop\n")
     print(f"Machine: {platform.system()} {platform.machine()}, {os.cpu_count()} CPUs ({cpus} usable), "
           f"torch {torch.__version__} with {torch.get_num_threads()} intra-op threads in this process"

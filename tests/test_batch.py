@@ -236,14 +236,14 @@ def test_a_job_killed_mid_way_and_rerun_has_every_source_exactly_once(tmp_path):
 
 
 def test_decoding_waits_between_model_batches_only_where_the_model_takes_every_core(demo):
-    from saliency.batch.local import plan_threads
+    from saliency.batch.local import ThreadPlan, plan_threads
 
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(4)
         between = plan_threads(demo, cores=4)
         assert not between.beside_model and between.decode_threads == 4  # all cores decode while the model waits
-        assert plan_threads(demo, cores=16) == type(between)(beside_model=True, decode_threads=12)
+        assert plan_threads(demo, cores=16) == ThreadPlan(beside_model=True, decode_threads=12)
         torch.set_num_threads(1)
         assert plan_threads(demo, cores=2).beside_model
     finally:
