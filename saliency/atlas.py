@@ -328,7 +328,7 @@ def _scan_ray(model: LoadedModel, sources: Sequence[Source], layers: Sequence[st
               workers: int, address: str | None, max_pixels: int | None,
               progress: Progress | None) -> tuple[dict[str, Strongest], list]:
     """The scan on Ray Data: decode tasks, then model actors returning each image's per-channel maxima."""
-    from saliency.batch.ray_engine import connect, decode_table, decode_tasks, torch_threads, worker_cpus
+    from saliency.batch.ray_engine import connect, decode_table, decode_tasks, model_actor_options, torch_threads
     from saliency.images import MAX_PIXELS
 
     ray = connect(address)
@@ -345,7 +345,7 @@ def _scan_ray(model: LoadedModel, sources: Sequence[Source], layers: Sequence[st
     scanned = decoded.map_batches(
         _Scanner, batch_size=batch_size, batch_format="pyarrow",
         fn_constructor_kwargs={"model": model, "layers": list(layers), "threads": torch_threads(cpus, workers)},
-        compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=worker_cpus(cpus, workers))
+        compute=ray.data.ActorPoolStrategy(size=workers), **model_actor_options(cpus, workers))
     failed: list[tuple[int, str]] = []
     done = 0
     for table in scanned.iter_batches(batch_size=None, batch_format="pyarrow"):

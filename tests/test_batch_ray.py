@@ -76,3 +76,22 @@ def test_every_ray_actor_explains_with_the_drivers_weights(tmp_path, local_ray):
     summary = explain_dataset([str(tmp_path / "images")], str(tmp_path / "ray"), engine="ray", workers=2, **call)
     assert (summary.explained, summary.failed) == (6, [])
     _same_rows(rows(tmp_path / "ray"), rows(tmp_path / "local"))
+
+
+@pytest.mark.timeout(120)
+def test_model_actors_start_with_the_malloc_settings_in_their_environment(local_ray):
+    """Set at the process's start, they reach the Ray thread that calls the actor (mallopt in it would not)."""
+    from saliency.batch.ray_engine import model_actor_options
+    from saliency.memory import malloc_environment
+
+    @ray.remote
+    class Probe:
+        def environment(self, names):
+            return {name: os.environ.get(name) for name in names}
+
+    options = model_actor_options(ray.cluster_resources()["CPU"], workers=2)
+    assert options["num_cpus"] == 0.75 and options["num_gpus"] is None
+    probe = Probe.options(**options).remote()
+    expected = malloc_environment()
+    assert expected and ray.get(probe.environment.remote(list(expected))) == expected
+    ray.kill(probe)

@@ -25,7 +25,7 @@ from saliency.batch.sources import Source
 from saliency.batch.store import Store
 from saliency.batch.work import Decoded, JobSpec, decode, explain_decoded, write_pictures
 from saliency.errors import SaliencyError
-from saliency.memory import reuse_freed_memory
+from saliency.memory import malloc_environment, reuse_freed_memory
 from saliency.models import LoadedModel
 
 INSTALL = "pip install 'saliency[ray]'"
@@ -47,6 +47,17 @@ def torch_threads(cluster_cpus: float, workers: int) -> int:
     """Torch threads per model actor: its share of the cluster's CPUs (it asks the scheduler for fewer, to leave
     decode tasks room; decoding is light and overlaps the model, as in the local engine)."""
     return max(1, int(cluster_cpus // workers))
+
+
+def model_actor_options(cluster_cpus: float, workers: int, gpus_per_worker: float = 0) -> dict[str, Any]:
+    """Ray's options for each of ``workers`` model actors: CPUs and GPUs to ask for, and glibc's malloc set from the
+    process's start to keep freed memory (:func:`saliency.memory.malloc_environment`; ``mallopt`` in the actor
+    would come too late for the Ray thread that calls it)."""
+    options: dict[str, Any] = {"num_cpus": worker_cpus(cluster_cpus, workers), "num_gpus": gpus_per_worker or None}
+    environment = malloc_environment()
+    if environment:
+        options["runtime_env"] = {"env_vars": environment}
+    return options
 
 
 def require_ray() -> Any:
@@ -95,8 +106,8 @@ def run_ray(spec: JobSpec, loaded: LoadedModel, sources: Sequence[Source], store
         _Explainer, batch_size=shard_size, batch_format="pyarrow",
         fn_constructor_kwargs={"spec": spec, "dest": store.dest, "job": store.job, "gpus": gpus_per_worker,
                                "threads": torch_threads(cpus, workers), "shared": shared},
-        compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=gpus_per_worker or None,
-        num_cpus=worker_cpus(cpus, workers))  # restarted after a lost node,
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        **model_actor_options(cpus, workers, gpus_per_worker))  # restarted after a lost node,
     # and their calls retried, by Ray Data's defaults (max_restarts=-1, max_task_retries=-1)
     explained, failed = 0, []
     for summary in summaries.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -112,7 +123,8 @@ def run_ray(spec: JobSpec, loaded: LoadedModel, sources: Sequence[Source], store
 
 def prepare_actor(threads: int) -> None:
     """Set up a model actor's process: ``threads`` torch threads (Ray sets ``OMP_NUM_THREADS`` to the CPUs the
-    actor asked for, fewer than it may use), and freed memory kept for the next batch."""
+    actor asked for, fewer than it may use), and freed memory kept for the next batch (where
+    :func:`model_actor_options` could not say so in its environment)."""
     import torch
 
     torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
