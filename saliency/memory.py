@@ -8,7 +8,8 @@ of their own, which it unmaps as soon as they are empty. A model's batch then fa
 again, page by page, each page zeroed by the kernel: ResNet50 at batch 16 touches gigabytes of
 fresh pages per call, a fifth to a quarter of its time on a 2-core machine (bench/README.md).
 With blocks up to 32 MB taken from the heap, 1 GB of free heap kept before trimming, and one arena
-for every thread (the service's model thread and Ray's actor threads are not the main one), the
+for every thread (the service's model thread is not the main one; Ray's actors get the same settings as
+variables from their start, see :func:`malloc_environment`), the
 next batch reuses the last one's pages. A process holds on to what its largest batch needed; it
 does not grow beyond. Small blocks stay in each thread's own cache, so threads rarely wait on
 that arena.
