@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from saliency.memory import malloc_environment
+
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc settings")
 
 PROBE = """
@@ -43,6 +45,10 @@ print(json.dumps({"applied": applied, "faults": resource.getrusage(resource.RUSA
 """
 
 
+PAGES = 5 * 256 * 1024 * 1024 // 4096
+"""The probe's five batches of 256 MB, in 4 kB pages."""
+
+
 def _probe(mode: str, where: str = "main", **env: str) -> dict:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")} | env
     done = subprocess.run([sys.executable, "-c", PROBE, mode, where], capture_output=True,
@@ -53,30 +59,22 @@ def _probe(mode: str, where: str = "main", **env: str) -> dict:
 @pytest.mark.parametrize("where", ["main", "thread"])
 def test_freed_blocks_are_reused_instead_of_faulted_in_again(where):
     plain, tuned = _probe("plain", where), _probe("tuned", where)
-    pages = 5 * 256 * 1024 * 1024 // 4096  # five batches of 256 MB, 4 kB pages
     assert tuned["applied"]
-    assert tuned["faults"] < pages / 10  # the pages of the first batch serve the next ones
+    assert tuned["faults"] < PAGES / 10  # the pages of the first batch serve the next ones
     assert plain["faults"] > 3 * tuned["faults"]  # glibc's defaults: a quarter to all of them faulted in again
 
 
 def test_a_thread_that_allocated_before_the_setting_needs_it_in_the_environment():
     """Ray calls its actors from threads it started first: ``mallopt`` comes too late for them, the variables do not."""
-    from saliency.memory import malloc_environment
-
-    pages = 5 * 256 * 1024 * 1024 // 4096
     too_late, started_with = _probe("tuned", "early"), _probe("plain", "early", **malloc_environment())
-    assert started_with["faults"] < pages / 10
+    assert started_with["faults"] < PAGES / 10
     assert too_late["faults"] > 2 * started_with["faults"]  # its own arena, handed back to the kernel as it empties
     assert not _probe("tuned", "early", **malloc_environment())["applied"]  # nothing left to set: no second call
 
 
-def test_a_user_who_tunes_malloc_keeps_their_settings():
+def test_a_user_who_tunes_malloc_keeps_their_settings(monkeypatch):
     assert not _probe("tuned", MALLOC_TRIM_THRESHOLD_="65536")["applied"]
     assert not _probe("tuned", GLIBC_TUNABLES="glibc.malloc.trim_threshold=65536")["applied"]
-    from saliency.memory import malloc_environment
-
-    tuned = os.environ | {"MALLOC_ARENA_MAX": "4"}
-    done = subprocess.run([sys.executable, "-c", "from saliency.memory import malloc_environment as m; print(m())"],
-                          capture_output=True, text=True, env=tuned, timeout=60, check=True)
-    assert done.stdout.strip() == "{}"  # nor passed on to Ray's actors
     assert set(malloc_environment()) == {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX"}
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert malloc_environment() == {}  # nor passed on to Ray's actors
