@@ -4,13 +4,14 @@
     python bench/batch.py --models demo --images 64 --repeats 3
     python bench/batch.py --skip-ray                       # the local engine only
     python bench/batch.py --models resnet50 --images 1024 --skip-bare --repeats 2   # a longer job
+    python bench/batch.py --device cuda --skip-ray --images 2048        # on a GPU (the default where one is seen)
 
 It writes ``--images`` photo-like JPEGs (``--size`` square) to a temporary folder, then for each
 model measures, as images per second:
 
 * *bare autograd*: stock ``torch.autograd.grad`` (one forward, one input-only backward pass, each
-  image's top-1 class) over the images already decoded and prepared, in batches of ``--batch-size``
-  — for reference;
+  image's top-1 class) over the images already decoded, prepared and on the model's device, in
+  batches of ``--batch-size`` — for reference;
 * *limit*: the same loop through ``saliency.explain(module, x, METHOD)`` — what the model itself
   costs, and so the most a batch job can reach;
 * *local*: ``explain_dataset(..., engine="local")`` from the JPEG files to a fresh Parquet DEST,
@@ -80,14 +81,21 @@ def model_options(name: str) -> dict[str, str]:
 
 
 def prepared_batches(loaded: LoadedModel, paths: list[str], batch: int) -> list[torch.Tensor]:
-    """The images decoded and prepared as the batch job does it, stacked into model batches, ahead of time."""
+    """The images decoded and prepared as the batch job does it, stacked into model batches on the model's device,
+    ahead of time."""
     tensors = []
     for path in paths:
         decoded = decode(Source(path), loaded.preprocessing)
         if decoded.error is not None:
             raise RuntimeError(f"{path}: {decoded.error}")
         tensors.append(torch.from_numpy(decoded.tensor))
-    return [torch.stack(tensors[i:i + batch]) for i in range(0, len(tensors), batch)]
+    return [torch.stack(tensors[i:i + batch]).to(loaded.device) for i in range(0, len(tensors), batch)]
+
+
+def finished(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (a GPU runs behind the Python that queues its kernels)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def bare_loop(module: torch.nn.Module, batches: list[torch.Tensor]) -> None:
@@ -107,10 +115,12 @@ def limit_loop(module: torch.nn.Module, batches: list[torch.Tensor], method: str
 class Variants:
     """Each variant as ``run(paths) -> seconds``; the batch-job ones write to a fresh DEST, removed afterwards."""
 
-    def __init__(self, model: str, method: str, batch: int, shard: int, scratch: Path, ray_workers: list[int]) -> None:
+    def __init__(self, model: str, method: str, batch: int, shard: int, scratch: Path, ray_workers: list[int],
+                 device: str = "cpu") -> None:
         self.model, self.method, self.batch, self.shard, self.scratch = model, method, batch, shard, scratch
+        self.device = device
         start = time.perf_counter()
-        self.loaded = load_model(model, **model_options(model))
+        self.loaded = load_model(model, device=device, **model_options(model))
         self.load_seconds = time.perf_counter() - start
         self.cache: dict[int, list[torch.Tensor]] = {}
         self.table: dict[str, Callable[[list[str]], float]] = {
@@ -127,12 +137,14 @@ class Variants:
         batches = self._batches(paths)
         start = time.perf_counter()
         bare_loop(self.loaded.module, batches)
+        finished(self.loaded.device)
         return time.perf_counter() - start
 
     def limit(self, paths: list[str]) -> float:
         batches = self._batches(paths)
         start = time.perf_counter()
         limit_loop(self.loaded.module, batches, self.method)
+        finished(self.loaded.device)
         return time.perf_counter() - start
 
     def job(self, paths: list[str], engine: str, workers: int) -> float:
@@ -141,6 +153,7 @@ class Variants:
             start = time.perf_counter()
             summary = explain_dataset(paths, str(folder / "maps.parquet"), model=self.model, methods=[self.method],
                                       engine=engine, batch_size=self.batch, shard_size=self.shard, workers=workers,
+                                      device=self.device, gpus_per_worker=1 / workers if self.loaded.device.type == "cuda" else 0,
                                       **model_options(self.model))
             seconds = time.perf_counter() - start
         finally:
@@ -227,7 +240,9 @@ def report(results: list[Result], args: argparse.Namespace, actors: dict[int, st
     n, b = args.images, args.batch_size
     cpus = available_cores()
     print("\n## Batch job against the bare loop\n")
-    print(f"Machine: {platform.system()} {platform.machine()}, {os.cpu_count()} CPUs ({cpus} usable), "
+    device = (f"; model on {torch.cuda.get_device_name(args.device)}, CUDA {torch.version.cuda}"
+              if args.device.startswith("cuda") else "; model on the CPU")
+    print(f"Machine: {platform.system()} {platform.machine()}, {os.cpu_count()} CPUs ({cpus} usable){device}, "
           f"torch {torch.__version__} with {torch.get_num_threads()} intra-op threads in this process"
           + (f", OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}" if "OMP_NUM_THREADS" in os.environ else "") + "; "
           + ("freed memory kept for reuse (saliency.memory), as by the saliency command." if args.memory_kept
@@ -313,6 +328,8 @@ def main() -> None:
                         help="leave out the bare-autograd loop (a reference only: the targets are against the limit)")
     parser.add_argument("--ray-cpus", type=int, default=2, help="CPUs of the local Ray (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the round order")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="the model's device (default: cuda where a GPU is seen, else cpu)")
     parser.add_argument("--malloc-defaults", action="store_true",
                         help="leave glibc's malloc as it is (the saliency command keeps freed memory for reuse: "
                              "saliency.memory)")
@@ -333,7 +350,7 @@ def main() -> None:
             print(f"{model}: ...", file=sys.stderr, flush=True)
             torch.manual_seed(0)
             variants = Variants(model, args.method, args.batch_size, args.shard_size, scratch,
-                                [] if args.skip_ray else [1, 2])
+                                [] if args.skip_ray else [1, 2], args.device)
             if args.skip_bare:
                 del variants.table["bare autograd"]
             results.append(measure(variants, paths, args.repeats, args.seed))

@@ -243,7 +243,9 @@ def test_decoding_waits_between_model_batches_only_where_the_model_takes_every_c
         torch.set_num_threads(4)
         between = plan_threads(demo, cores=4)
         assert not between.beside_model and between.decode_threads == 4  # all cores decode while the model waits
-        assert plan_threads(demo, cores=16) == ThreadPlan(beside_model=True, decode_threads=12)
+        # spare cores beside the model: half decode, half write a shard each
+        assert plan_threads(demo, cores=16) == ThreadPlan(beside_model=True, decode_threads=6, write_threads=6)
+        assert plan_threads(demo, cores=6) == ThreadPlan(beside_model=True, decode_threads=2, write_threads=1)
         torch.set_num_threads(1)
         assert plan_threads(demo, cores=2).beside_model
     finally:
@@ -273,3 +275,41 @@ def test_decoding_beside_the_model_and_between_its_batches_write_the_same_rows(t
         assert beside["probability"] == pytest.approx(between["probability"], rel=1e-5)
         for method in METHODS:
             assert np.allclose(beside[f"map_{method}"], between[f"map_{method}"], rtol=1e-4, atol=1e-7)
+
+
+def test_several_writers_write_every_shard_once_with_the_same_rows(tmp_path, images, demo, monkeypatch):
+    """Beside a model that leaves cores free (a GPU's case), several shards are written at once."""
+    import saliency.batch.local as local
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = explain_dataset([str(tmp_path / "images")], str(tmp_path / "one"), methods=METHODS, topk=2,
+                              batch_size=2, shard_size=2)
+        monkeypatch.setattr(local, "available_cores", lambda: 9)
+        assert local.plan_threads(demo).write_threads == 4
+        progress = []
+        many = explain_dataset([str(tmp_path / "images")], str(tmp_path / "many"), methods=METHODS, topk=2,
+                               batch_size=2, shard_size=2, progress=lambda done, failed, total: progress.append(done))
+    finally:
+        torch.set_num_threads(before)
+    assert one.explained == many.explained == 10 and many.ok
+    assert progress == [0, 2, 4, 6, 8, 10]
+    assert len([p for p in (tmp_path / "many").iterdir() if p.suffix == ".parquet"]) == 5
+    assert rows(tmp_path / "many").to_pylist() == rows(tmp_path / "one").to_pylist()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_job_on_cuda_writes_the_maps_explain_gives_on_the_cpu(tmp_path, images, demo):
+    summary = explain_dataset([str(tmp_path / "images")], str(tmp_path / "out"), methods=METHODS, topk=2,
+                              batch_size=4, shard_size=3, device="cuda")
+    assert summary.explained == 10 and summary.ok
+    table = rows(tmp_path / "out").to_pylist()
+    assert len(table) == 20
+    for row in table:
+        expected = _expected(demo, row["source"], METHODS, target=row["target"])
+        assert row["target"] == expected.logits.topk(2, dim=1).indices[0, row["rank"]].item()
+        for method in METHODS:
+            got = np.asarray(row[f"map_{method}"], dtype=np.float32).reshape(row["map_shape"])
+            scale = float(expected[method].abs().max())
+            assert np.allclose(got, expected[method][0].numpy(), rtol=1e-3, atol=1e-3 * scale), method

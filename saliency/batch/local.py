@@ -28,48 +28,52 @@ def run_local(spec: JobSpec, loaded: LoadedModel, sources: Iterable[Source], sto
     plan = plan_threads(loaded)
     explained, failed = 0, []
     with ThreadPoolExecutor(plan.decode_threads, thread_name_prefix="decode") as decoders, \
-            ThreadPoolExecutor(1, thread_name_prefix="write") as writer:
-        writing: Future | None = None
+            ThreadPoolExecutor(plan.write_threads, thread_name_prefix="write") as writers:
+        writing: deque[Future[Rows]] = deque()
         shards = _chunks(sources, shard_size)
         submit = lambda s: decoders.submit(decode, s, preprocessing, spec.max_pixels)  # noqa: E731
         for shard in _prefetched(shards, submit, depth=2 if plan.beside_model else 0):
             decoded = [f.result() for f in shard]
-            if writing is not None and not plan.beside_model:  # the last shard was written while this one decoded
-                _account(writing.result(), progress)
-                writing = None
+            if not plan.beside_model:  # the last shard was written while this one decoded
+                _settle(writing, 0, progress)
             rows = explain_decoded(loaded, decoded, spec, classes)
-            if writing is not None:
-                _account(writing.result(), progress)  # one shard in memory while the next is explained
-            writing = writer.submit(_write, store, rows, spec, loaded.name)
+            _settle(writing, plan.write_threads - 1, progress)  # at most one shard per writer in memory
+            writing.append(writers.submit(_write, store, rows, spec, loaded.name))
             explained += rows.explained
             failed += rows.failed
-        if writing is not None:
-            _account(writing.result(), progress)
+        _settle(writing, 0, progress)
     return explained, failed
 
 
 @dataclass(frozen=True)
 class ThreadPlan:
-    """Where decoding runs: ``beside_model`` (while the model works) or between its batches, on ``decode_threads``."""
+    """Where decoding runs: ``beside_model`` (while the model works) or between its batches, on ``decode_threads``;
+    ``write_threads`` shards are written at once."""
 
     beside_model: bool
     decode_threads: int
+    write_threads: int = 1
 
 
 def plan_threads(loaded: LoadedModel, cores: int | None = None) -> ThreadPlan:
-    """Decode beside the model where it leaves cores free (a GPU model, or fewer torch threads than cores).
+    """Decode and write beside the model where it leaves cores free (a GPU model, or fewer torch threads than cores).
 
     A CPU model on every core is another matter: its OpenMP threads wait on each other at the end of
     each operation, so a decoding thread that takes a core from one of them stalls them all (on two
     cores the demo model ran 1.8 × slower beside decoding). There the engine decodes and writes
     between model batches instead, on every core.
+
+    Beside the model, the spare cores are shared between decoding and writing, half each: a raw
+    float32 map takes about four times as long to write (zstd) as its JPEG takes to decode, and a GPU
+    explains faster than one core writes (``docs/scaling.md``). Writers hold a shard each in memory.
     """
     cores = cores or available_cores()
     model_threads = torch.get_num_threads() if loaded.device.type == "cpu" else 1
     spare = cores - model_threads
     if loaded.device.type == "cpu" and spare <= 0:
         return ThreadPlan(beside_model=False, decode_threads=cores)
-    return ThreadPlan(beside_model=True, decode_threads=max(2, spare))
+    writers = max(1, spare // 2)
+    return ThreadPlan(beside_model=True, decode_threads=max(2, spare - writers), write_threads=writers)
 
 
 def available_cores() -> int:
@@ -86,8 +90,11 @@ def _write(store: Store, rows: Rows, spec: JobSpec, model_name: str) -> Rows:
     return rows
 
 
-def _account(rows: Rows, progress: Progress) -> None:
-    progress(rows.explained + len(rows.failed), len(rows.failed))
+def _settle(writing: deque[Future[Rows]], keep: int, progress: Progress) -> None:
+    """Wait for the oldest shards being written until at most ``keep`` are left, reporting each."""
+    while len(writing) > keep:
+        rows = writing.popleft().result()
+        progress(rows.explained + len(rows.failed), len(rows.failed))
 
 
 def _prefetched(shards: Iterator[list[Source]], submit: Callable[[Source], Future[Decoded]],
