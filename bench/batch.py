@@ -245,8 +245,8 @@ def report(results: list[Result], args: argparse.Namespace, actors: dict[int, st
     print(f"Machine: {platform.system()} {platform.machine()}, {os.cpu_count()} CPUs ({cpus} usable){device}, "
           f"torch {torch.__version__} with {torch.get_num_threads()} intra-op threads in this process"
           + (f", OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}" if "OMP_NUM_THREADS" in os.environ else "") + "; "
-          + ("freed memory kept for reuse (saliency.memory), as by the saliency command." if args.memory_kept
-             else "glibc's malloc defaults."))
+          + ("freed memory kept for reuse (saliency.memory), as by the saliency command" if args.memory_kept
+             else "glibc's malloc defaults") + f"; the GIL handed on every {sys.getswitchinterval() * 1000:g} ms.")
     if actors is not None:
         import ray
 
@@ -330,6 +330,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the round order")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="the model's device (default: cuda where a GPU is seen, else cpu)")
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="torch's CPU threads in this process (default: torch's own choice, one per core)")
+    parser.add_argument("--switch-interval", type=float, default=None, metavar="MS",
+                        help="how often Python hands the GIL between threads, in ms (default: Python's, 5)")
     parser.add_argument("--malloc-defaults", action="store_true",
                         help="leave glibc's malloc as it is (the saliency command keeps freed memory for reuse: "
                              "saliency.memory)")
@@ -337,6 +341,10 @@ def main() -> None:
     if args.images < 1 or args.batch_size < 1 or args.repeats < 1:
         parser.error("--images, --batch-size and --repeats must be at least 1")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval / 1000)
     args.memory_kept = False if args.malloc_defaults else reuse_freed_memory()  # as the saliency command does
     started = time.perf_counter()
     scratch = Path(tempfile.mkdtemp(prefix="saliency-bench-batch-"))

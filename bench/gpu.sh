@@ -2,7 +2,7 @@
 # The checks that need a GPU, in one go: the CUDA tests, then the batch-job and engine benchmarks there.
 #
 #     bash bench/gpu.sh [LOG_DIR]          # logs in LOG_DIR (default gpu-results/)
-#     IMAGES=64 REPEATS=1 ENGINE_REPEATS=1 ENGINE_BATCHES=1 bash bench/gpu.sh /tmp/quick   # a quick try
+#     IMAGES=64 REPEATS=1 ENGINE_REPEATS=0 bash bench/gpu.sh /tmp/quick   # a quick try
 #
 # Run from the repository's root with the package installed (tests import the installed `saliency`).
 set -uo pipefail
@@ -26,12 +26,18 @@ export PYTHONUNBUFFERED=1
     tests/test_batch.py tests/test_cli.py -k "cuda or device" 2>&1 | tee "$out/tests.log"
 
 "$python" bench/batch.py --skip-ray --images "$images" --repeats "$repeats" 2>&1 | tee "$out/batch.log"
-"$python" bench/batch.py --skip-ray --skip-bare --models resnet50 --images "$images" --repeats "$repeats" \
-    --batch-size 64 2>&1 | tee "$out/batch64.log"
-"$python" bench/methods.py --batches $engine_batches --repeats "$engine_repeats" 2>&1 | tee "$out/methods.log"
+# what else bounds the local engine beside a GPU: the GIL's hand-over, torch's CPU threads in the driving thread
+"$python" bench/batch.py --skip-ray --skip-bare --images "$images" --repeats "$repeats" --switch-interval 0.5 \
+    2>&1 | tee "$out/batch-switch.log"
+"$python" bench/batch.py --skip-ray --skip-bare --images "$images" --repeats "$repeats" --torch-threads 1 \
+    2>&1 | tee "$out/batch-threads.log"
+if [ "$engine_repeats" -gt 0 ]; then
+    "$python" bench/methods.py --batches $engine_batches --repeats "$engine_repeats" 2>&1 | tee "$out/methods.log"
+fi
 
 # where the local engine's main thread (the one that drives the GPU) spends its time
-"$python" -m cProfile -o "$out/local.prof" bench/batch.py --skip-ray --skip-bare --models resnet50 \
-    --images "$images" --repeats 1 > /dev/null 2>&1
-"$python" -c "import pstats, sys; pstats.Stats(sys.argv[1]).sort_stats('tottime').print_stats(30)" "$out/local.prof" \
+profile=$(mktemp --suffix=.prof)
+"$python" -P -m cProfile -o "$profile" bench/batch.py --skip-ray --skip-bare --models resnet50 \
+    --images "$images" --repeats 1 > "$out/profiled-run.log" 2>&1
+"$python" -c "import pstats, sys; pstats.Stats(sys.argv[1]).sort_stats('tottime').print_stats(40)" "$profile" \
     > "$out/local-profile.txt" 2>&1

@@ -174,33 +174,93 @@ def explain_prepared(model: LoadedModel, prepared: Sequence[Prepared], methods: 
     :func:`saliency.explain_classes`). Results come back in the order of ``prepared``. With no
     ``methods`` it only predicts: one forward pass without gradients, and empty ``maps``.
     """
-    explained: list[Explained | None] = [None] * len(prepared)
-    report = Report()
+    return start_explaining(model, prepared, methods, classes, options, progress=progress, stage=stage)()
+
+
+Finish = Callable[[], tuple[list[Explained], Report]]
+"""Waits for an explanation :func:`start_explaining` queued and returns it as :func:`explain_prepared` does."""
+
+
+def start_explaining(model: LoadedModel, prepared: Sequence[Prepared], methods: Sequence[str],
+                     classes: Classes = Classes(), options: Mapping[str, Any] | None = None, *,
+                     progress: Callable[[str, int, int], None] | None = None,
+                     stage: Stage = _no_stage) -> Finish:
+    """:func:`explain_prepared` in two halves: queue the model's work and the copies of its results to the CPU,
+    and return the function that waits for them.
+
+    On a GPU the work runs on while the caller goes on: a batch job starts its next batch before it
+    finishes the last, so the GPU does not wait for the Python around each batch (on the CPU the
+    work is done here, and finishing only assembles the result).
+    """
     count = classes.per_image(model.num_classes)
+    groups = []
     for indices in groups_by_shape(prepared):
-        x = torch.cat([prepared[i].tensor for i in indices])
+        x = _on_device([prepared[i].tensor for i in indices], model.device)
         if not methods:
             with stage("explain"):
                 start = time.perf_counter()
                 probabilities, targets = _predict(model, x, classes, indices, count)
-            for row, i in enumerate(indices):
-                explained[i] = Explained(prepared=prepared[i], probabilities=probabilities[row], targets=targets[row],
-                                         unit_values=[None] * len(targets[row]), maps=[{} for _ in targets[row]])
-            report.add(Report(seconds={"forward": time.perf_counter() - start}))
+            groups.append((indices, None, (probabilities, targets, time.perf_counter() - start)))
             continue
         with stage("explain"):
             results = explain_classes(model.module, x, methods, classes.fixed_for(indices),
                                       topk=None if classes.fixed else count, options=options, progress=progress)
-            probabilities = results[0].probabilities.detach().float().cpu()
-            targets = [_targets_of(r) for r in results]   # [classes][B]
-            maps = [{m: r[m].detach().float().cpu() for m in methods} for r in results]
-        for row, i in enumerate(indices):
-            explained[i] = Explained(prepared=prepared[i], probabilities=probabilities[row],
-                                     targets=[t[row][0] for t in targets], unit_values=[t[row][1] for t in targets],
-                                     maps=[{m: per_class[m][row] for m in methods} for per_class in maps])
-        for result in results:
-            report.add(Report(list(result.warnings), dict(result.activations), dict(result.seconds), result.layer))
-    return [e for e in explained if e is not None], report
+            copies = _to_host([results[0].probabilities.float(), *(r.targets for r in results),
+                               *(r[m].float() for r in results for m in methods)])
+        groups.append((indices, results, copies))
+    done = _copied(model.device)
+
+    def finish() -> tuple[list[Explained], Report]:
+        with stage("explain"):
+            done()
+        explained: list[Explained | None] = [None] * len(prepared)
+        report = Report()
+        for indices, results, copies in groups:
+            if results is None:
+                probabilities, targets, seconds = copies
+                for row, i in enumerate(indices):
+                    explained[i] = Explained(prepared=prepared[i], probabilities=probabilities[row],
+                                             targets=targets[row], unit_values=[None] * len(targets[row]),
+                                             maps=[{} for _ in targets[row]])
+                report.add(Report(seconds={"forward": seconds}))
+                continue
+            probabilities, *rest = copies
+            targets = [_targets_of(r, t) for r, t in zip(results, rest)]   # [classes][B]
+            host_maps = iter(rest[len(results):])
+            maps = [{m: next(host_maps) for m in methods} for _ in results]
+            for row, i in enumerate(indices):
+                explained[i] = Explained(prepared=prepared[i], probabilities=probabilities[row],
+                                         targets=[t[row][0] for t in targets], unit_values=[t[row][1] for t in targets],
+                                         maps=[{m: per_class[m][row] for m in methods} for per_class in maps])
+            for result in results:
+                report.add(Report(list(result.warnings), dict(result.activations), dict(result.seconds), result.layer))
+        return [e for e in explained if e is not None], report
+
+    return finish
+
+
+def _on_device(tensors: Sequence[Tensor], device: torch.device) -> Tensor:
+    """The pictures stacked into one batch on ``device`` (to a GPU through page-locked memory, without waiting)."""
+    if device.type != "cuda":
+        return torch.cat(tensors)
+    batch = torch.empty((sum(len(t) for t in tensors), *tensors[0].shape[1:]), dtype=tensors[0].dtype,
+                        pin_memory=True)
+    torch.cat(tensors, out=batch)
+    return batch.to(device, non_blocking=True)
+
+
+def _to_host(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """Copies of ``tensors`` on the CPU, started without waiting (ready once :func:`_copied`'s wait returns)."""
+    return [t.detach().to("cpu", non_blocking=t.device.type == "cuda") for t in tensors]
+
+
+def _copied(device: torch.device) -> Callable[[], None]:
+    """A wait for the work queued on ``device`` so far (the copies to the CPU included)."""
+    if device.type != "cuda":
+        return lambda: None
+    event = torch.cuda.Event()
+    event.record(torch.cuda.current_stream(device))
+    return event.synchronize
 
 
 def _predict(model: LoadedModel, x: Tensor, classes: Classes, indices: list[int],
@@ -216,10 +276,11 @@ def _predict(model: LoadedModel, x: Tensor, classes: Classes, indices: list[int]
     return probabilities, probabilities.topk(min(count, probabilities.shape[1]), dim=1).indices.tolist()
 
 
-def _targets_of(result: Explanation) -> list[tuple[int | Unit, float | None]]:
-    """Each sample's target in ``result`` and, for a unit, its value: the unit at its own place in the sample."""
+def _targets_of(result: Explanation, targets: Tensor) -> list[tuple[int | Unit, float | None]]:
+    """Each sample's target in ``result`` (``targets``: its class indices on the CPU) and, for a unit, its value:
+    the unit at its own place in the sample."""
     if result.unit is None:
-        return [(t, None) for t in result.targets.cpu().tolist()]
+        return [(t, None) for t in targets.tolist()]
     values = result.unit_values.float().cpu().tolist()
     if result.unit_positions is None:
         return [(result.unit, v) for v in values]

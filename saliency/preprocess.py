@@ -120,11 +120,11 @@ class Preprocessing:
         pixels = original.resize((self.crop, self.crop), _RESAMPLING[self.interpolation], box=box)
         if self.channels == 1:
             pixels = pixels.convert("L")
+        # numpy, not torch: torch's CPU ops open a team of OpenMP threads (one per core) in every calling
+        # thread, and a batch job prepares pictures in many threads at once
         array = np.asarray(pixels, dtype=np.float32).reshape(self.crop, self.crop, self.channels)
-        x = torch.from_numpy(array / 255.0).permute(2, 0, 1)
-        mean = torch.tensor(self.mean, dtype=torch.float32)[:, None, None]
-        std = torch.tensor(self.std, dtype=torch.float32)[:, None, None]
-        x = ((x - mean) / std).to(self.dtype).unsqueeze(0).contiguous()
+        normalised = (array / np.float32(255.0) - np.float32(self.mean)) / np.float32(self.std)
+        x = torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1))[None]).to(self.dtype)
         return Prepared(tensor=x, image=original, box=box)
 
     def prepare_many(self, images: Sequence[Image.Image]) -> tuple[Tensor, list[Prepared]]:

@@ -17,7 +17,8 @@ from saliency.errors import SaliencyError
 from saliency.images import MAX_PIXELS
 from saliency.models import LoadedModel, load_model
 from saliency.names import slug
-from saliency.pipeline import Classes, Explained, explain_prepared, prepare, render, target_label, target_of
+from saliency.pipeline import (Classes, Explained, Finish, prepare, render, start_explaining, target_label,
+                               target_of)
 from saliency.preprocess import Prepared, Preprocessing
 from saliency.render import DEFAULT_ALPHA, DEFAULT_CMAP, DEFAULT_PERCENTILE, save_png
 
@@ -115,13 +116,23 @@ def explain_decoded(loaded: LoadedModel, decoded: Sequence[Decoded], spec: JobSp
             out.rows.append({"source": d.source, "error": d.error})
             out.failed.append(d.source)
     options = dict(spec.options)
+    queued: list[tuple[list[Decoded], Finish]] = []
     for start in range(0, len(good), spec.batch_size):
         chunk = good[start:start + spec.batch_size]
-        explained, _ = explain_prepared(loaded, [d.prepared() for d in chunk], spec.methods, classes, options)
-        for d, e in zip(chunk, explained):
-            out.rows += _rows(d, e, loaded.labels, spec)
-        out.explained += len(chunk)
+        # the next batch is queued before the last is finished: a GPU explains it while its rows are made
+        queued.append((chunk, start_explaining(loaded, [d.prepared() for d in chunk], spec.methods, classes, options)))
+        if len(queued) > 1:
+            _add_rows(out, *queued.pop(0), loaded.labels, spec)
+    for chunk, finish in queued:
+        _add_rows(out, chunk, finish, loaded.labels, spec)
     return out
+
+
+def _add_rows(out: Rows, chunk: Sequence[Decoded], finish: Finish, labels: Sequence[str], spec: JobSpec) -> None:
+    explained, _ = finish()
+    for d, e in zip(chunk, explained):
+        out.rows += _rows(d, e, labels, spec)
+    out.explained += len(chunk)
 
 
 def write_pictures(rows: Sequence[Mapping[str, Any]], spec: JobSpec, model_name: str) -> None:
