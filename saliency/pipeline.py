@@ -13,6 +13,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
@@ -205,26 +206,24 @@ def start_explaining(model: LoadedModel, prepared: Sequence[Prepared], methods: 
         with stage("explain"):
             results = explain_classes(model.module, x, methods, classes.fixed_for(indices),
                                       topk=None if classes.fixed else count, options=options, progress=progress)
-            copies = _to_host([results[0].probabilities.float(), *(r.targets for r in results),
-                               *(r[m].float() for r in results for m in methods)])
-        groups.append((indices, results, copies))
-    done = _copied(model.device)
+        groups.append((indices, results, [results[0].probabilities.float(), *(r.targets for r in results),
+                                          *(r[m].float() for r in results for m in methods)]))
+    queued = _queued_work(model.device)
 
     def finish() -> tuple[list[Explained], Report]:
-        with stage("explain"):
-            done()
         explained: list[Explained | None] = [None] * len(prepared)
         report = Report()
-        for indices, results, copies in groups:
+        for indices, results, outputs in groups:
             if results is None:
-                probabilities, targets, seconds = copies
+                probabilities, targets, seconds = outputs
                 for row, i in enumerate(indices):
                     explained[i] = Explained(prepared=prepared[i], probabilities=probabilities[row],
                                              targets=targets[row], unit_values=[None] * len(targets[row]),
                                              maps=[{} for _ in targets[row]])
                 report.add(Report(seconds={"forward": seconds}))
                 continue
-            probabilities, *rest = copies
+            with stage("explain"):
+                probabilities, *rest = _to_host(outputs, queued)
             targets = [_targets_of(r, t) for r, t in zip(results, rest)]   # [classes][B]
             host_maps = iter(rest[len(results):])
             maps = [{m: next(host_maps) for m in methods} for _ in results]
@@ -240,27 +239,47 @@ def start_explaining(model: LoadedModel, prepared: Sequence[Prepared], methods: 
 
 
 def _on_device(tensors: Sequence[Tensor], device: torch.device) -> Tensor:
-    """The pictures stacked into one batch on ``device`` (to a GPU through page-locked memory, without waiting)."""
+    """The pictures stacked into one batch on ``device`` (to a GPU through page-locked memory, without waiting).
+
+    For a GPU the pictures are stacked by numpy: torch's CPU ops open a team of OpenMP threads, which
+    waits on threads that the decoding and writing threads beside it keep from their cores.
+    """
     if device.type != "cuda":
         return torch.cat(tensors)
     batch = torch.empty((sum(len(t) for t in tensors), *tensors[0].shape[1:]), dtype=tensors[0].dtype,
                         pin_memory=True)
-    torch.cat(tensors, out=batch)
+    np.concatenate([t.numpy() for t in tensors], out=batch.numpy())
     return batch.to(device, non_blocking=True)
 
 
-def _to_host(tensors: Sequence[Tensor]) -> list[Tensor]:
-    """Copies of ``tensors`` on the CPU, started without waiting (ready once :func:`_copied`'s wait returns)."""
-    return [t.detach().to("cpu", non_blocking=t.device.type == "cuda") for t in tensors]
-
-
-def _copied(device: torch.device) -> Callable[[], None]:
-    """A wait for the work queued on ``device`` so far (the copies to the CPU included)."""
+def _queued_work(device: torch.device) -> Any:
+    """A mark after the work queued on ``device`` so far (``None`` on the CPU, where the work is done)."""
     if device.type != "cuda":
-        return lambda: None
+        return None
     event = torch.cuda.Event()
     event.record(torch.cuda.current_stream(device))
-    return event.synchronize
+    return event
+
+
+_copy_streams: dict[torch.device, Any] = {}
+
+
+def _to_host(tensors: Sequence[Tensor], queued: Any) -> list[Tensor]:
+    """``tensors`` on the CPU, once the work up to ``queued`` is done.
+
+    On a GPU they are copied on a stream of their own, which waits for that work only: work queued
+    after it (the next batch) runs on meanwhile. The copies land in ordinary memory, which rows can
+    hold as long as they like (page-locked memory is costly to allocate).
+    """
+    if queued is None:
+        return [t.detach() for t in tensors]
+    device = tensors[0].device
+    stream = _copy_streams.get(device)
+    if stream is None:
+        stream = _copy_streams.setdefault(device, torch.cuda.Stream(device))
+    stream.wait_event(queued)
+    with torch.cuda.stream(stream):
+        return [t.detach().to("cpu") for t in tensors]
 
 
 def _predict(model: LoadedModel, x: Tensor, classes: Classes, indices: list[int],
