@@ -35,9 +35,3 @@ if [ "$engine_repeats" -gt 0 ]; then
     "$python" bench/methods.py --batches $engine_batches --repeats "$engine_repeats" 2>&1 | tee "$out/methods.log"
 fi
 
-# where the local engine's main thread (the one that drives the GPU) spends its time
-profile=$(mktemp --suffix=.prof)
-"$python" -P -m cProfile -o "$profile" bench/batch.py --skip-ray --skip-bare --models resnet50 \
-    --images "$images" --repeats 1 > "$out/profiled-run.log" 2>&1
-"$python" -c "import pstats, sys; pstats.Stats(sys.argv[1]).sort_stats('tottime').print_stats(40)" "$profile" \
-    > "$out/local-profile.txt" 2>&1
