@@ -246,7 +246,8 @@ def report(results: list[Result], args: argparse.Namespace, actors: dict[int, st
           f"torch {torch.__version__} with {torch.get_num_threads()} intra-op threads in this process"
           + (f", OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}" if "OMP_NUM_THREADS" in os.environ else "") + "; "
           + ("freed memory kept for reuse (saliency.memory), as by the saliency command" if args.memory_kept
-             else "glibc's malloc defaults") + f"; the GIL handed on every {sys.getswitchinterval() * 1000:g} ms.")
+             else "glibc's malloc defaults") + f"; the GIL handed on every {sys.getswitchinterval() * 1000:g} ms"
+          + (f"; decoding in {args.decode_in}." if args.decode_in else "."))
     if actors is not None:
         import ray
 
@@ -332,6 +333,9 @@ def main() -> None:
                         help="the model's device (default: cuda where a GPU is seen, else cpu)")
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="torch's CPU threads in this process (default: torch's own choice, one per core)")
+    parser.add_argument("--decode-in", choices=("threads", "processes"), default=None,
+                        help="where the local engine decodes beside the model (default: threads, or "
+                             "$SALIENCY_DECODE_IN)")
     parser.add_argument("--switch-interval", type=float, default=None, metavar="MS",
                         help="how often Python hands the GIL between threads, in ms (default: Python's, 5)")
     parser.add_argument("--malloc-defaults", action="store_true",
@@ -343,6 +347,8 @@ def main() -> None:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
+    if args.decode_in:
+        os.environ["SALIENCY_DECODE_IN"] = args.decode_in
     if args.switch_interval:
         sys.setswitchinterval(args.switch_interval / 1000)
     args.memory_kept = False if args.malloc_defaults else reuse_freed_memory()  # as the saliency command does

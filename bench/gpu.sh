@@ -26,11 +26,11 @@ export PYTHONUNBUFFERED=1
     tests/test_batch.py tests/test_cli.py -k "cuda or device" 2>&1 | tee "$out/tests.log"
 
 "$python" bench/batch.py --skip-ray --images "$images" --repeats "$repeats" 2>&1 | tee "$out/batch.log"
-# what else bounds the local engine beside a GPU: the GIL's hand-over, torch's CPU threads in the driving thread
+# what else bounds the local engine beside a GPU: the GIL's hand-over, decoding threads that share the GIL
 "$python" bench/batch.py --skip-ray --skip-bare --images "$images" --repeats "$repeats" --switch-interval 0.5 \
     2>&1 | tee "$out/batch-switch.log"
-"$python" bench/batch.py --skip-ray --skip-bare --images "$images" --repeats "$repeats" --torch-threads 1 \
-    2>&1 | tee "$out/batch-threads.log"
+"$python" bench/batch.py --skip-ray --skip-bare --images "$images" --repeats "$repeats" --decode-in processes \
+    2>&1 | tee "$out/batch-processes.log"
 if [ "$engine_repeats" -gt 0 ]; then
     "$python" bench/methods.py --batches $engine_batches --repeats "$engine_repeats" 2>&1 | tee "$out/methods.log"
 fi

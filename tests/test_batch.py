@@ -208,23 +208,44 @@ def test_bad_settings_are_refused_before_any_work(tmp_path, images):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_job_killed_mid_way_and_rerun_has_every_source_exactly_once(tmp_path):
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                if entry.isdigit() and int(stat.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry))
+        except (OSError, ValueError):
+            pass
+    return found
+
+
+# decoding in threads (the default), and in processes (which must end with the job, SIGKILL included)
+@pytest.mark.parametrize("decoding", [{}, {"SALIENCY_DECODE_IN": "processes", "OMP_NUM_THREADS": "1"}],
+                         ids=["threads", "processes"])
+def test_a_job_killed_mid_way_and_rerun_has_every_source_exactly_once(tmp_path, decoding):
     images = write_images(tmp_path / "images", 120)
     out = tmp_path / "out"
     job = subprocess.Popen([sys.executable, "-m", "saliency.cli", "batch", str(tmp_path / "images"), "--out", str(out),
                             "--method", "smoothgrad", "--option", "samples=8", "--batch-size", "2",
                             "--shard-size", "3"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **decoding})
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and len(list(out.glob("part-*.parquet"))) < 3:
             time.sleep(0.05)
         assert job.poll() is None, "the job ended before it could be killed; give it more images"
+        children = _children(job.pid)
+        assert bool(children) == bool(decoding)  # the decoding processes (and multiprocessing's resource tracker)
         job.send_signal(signal.SIGKILL)
         job.wait(30)
     finally:
         if job.poll() is None:
             job.kill()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{c}") for c in children):
+        time.sleep(0.1)
+    assert not [c for c in children if os.path.exists(f"/proc/{c}")], "decoding processes outlived the job"
     written = sources_in(out)
     assert 0 < len(written) < 120
     assert len(written) == len(set(written))
@@ -323,3 +344,41 @@ def test_a_job_on_cuda_writes_the_maps_explain_gives_on_the_cpu(tmp_path, images
             got = np.asarray(row[f"map_{method}"], dtype=np.float32).reshape(row["map_shape"])
             scale = float(expected[method].abs().max())
             assert np.allclose(got, expected[method][0].numpy(), rtol=1e-3, atol=1e-3 * scale), method
+
+
+def test_decoding_in_processes_writes_the_rows_threads_write(tmp_path, images, monkeypatch):
+    """$SALIENCY_DECODE_IN=processes (meant for GPU models); the CPU stands in, with a spare core beside a one-thread
+    model."""
+    from saliency.batch.local import DECODE_IN, plan_threads
+
+    (tmp_path / "images" / "broken.jpg").write_bytes(b"\xff\xd8 not really a JPEG")
+    sources = [str(tmp_path / "images"), str(tmp_path / "missing.png")]
+    before = torch.get_num_threads()
+    tables, summaries = {}, {}
+    try:
+        torch.set_num_threads(1)
+        for mode in ("threads", "processes"):
+            monkeypatch.setenv(DECODE_IN, mode)
+            plan = plan_threads(load_model("demo"), cores=3)
+            assert plan.beside_model and plan.decode_processes == (mode == "processes")
+            summaries[mode] = explain_dataset(sources, str(tmp_path / mode), methods=METHODS, topk=2,
+                                              batch_size=3, shard_size=4)
+            tables[mode] = rows(tmp_path / mode).to_pylist()
+    finally:
+        torch.set_num_threads(before)
+    assert summaries["processes"].explained == 10 and len(summaries["processes"].failed) == 2
+    assert tables["processes"] == tables["threads"]
+    assert any(r["error"] and "broken.jpg" in r["source"] for r in tables["processes"])
+
+
+def test_a_wrong_decoding_choice_is_one_clear_error(tmp_path, images, monkeypatch, demo):
+    from saliency.batch.local import DECODE_IN, plan_threads
+
+    monkeypatch.setenv(DECODE_IN, "fibres")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with pytest.raises(OptionError, match="SALIENCY_DECODE_IN must be 'threads' or 'processes'"):
+            plan_threads(demo, cores=3)
+    finally:
+        torch.set_num_threads(before)

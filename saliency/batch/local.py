@@ -1,19 +1,23 @@
-"""The in-process engine: threads decode ahead of the model and write behind it, like a DataLoader (or, where
-the model takes every core, between its batches)."""
+"""The local engine: threads (or processes) decode ahead of the model and threads write behind it, like a
+DataLoader (or, where the model takes every core, between its batches)."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
 
 from saliency.batch.sources import Source
 from saliency.batch.store import Store
-from saliency.batch.work import Decoded, JobSpec, Rows, decode, explain_decoded, write_pictures
+from saliency.errors import OptionError
+from saliency.batch.work import Decoded, JobSpec, Rows, decode_all, explain_decoded, write_pictures
 from saliency.models import LoadedModel
 
 Progress = Callable[[int, int], None]
@@ -27,13 +31,14 @@ def run_local(spec: JobSpec, loaded: LoadedModel, sources: Iterable[Source], sto
     preprocessing = loaded.preprocessing
     plan = plan_threads(loaded)
     explained, failed = 0, []
-    with ThreadPoolExecutor(plan.decode_threads, thread_name_prefix="decode") as decoders, \
-            ThreadPoolExecutor(plan.write_threads, thread_name_prefix="write") as writers:
+    with _decoders(plan) as decoders, ThreadPoolExecutor(plan.write_threads, thread_name_prefix="write") as writers:
         writing: deque[Future[Rows]] = deque()
         shards = _chunks(sources, shard_size)
-        submit = lambda s: decoders.submit(decode, s, preprocessing, spec.max_pixels)  # noqa: E731
-        for shard in _prefetched(shards, submit, depth=2 if plan.beside_model else 0):
-            decoded = [f.result() for f in shard]
+        submit = lambda group: decoders.submit(decode_all, group, preprocessing, spec.max_pixels)  # noqa: E731
+        # a process decodes a model batch per call (fewer, larger messages); a thread one picture
+        group = spec.batch_size if plan.decode_processes else 1
+        for shard in _prefetched(shards, submit, group, depth=2 if plan.beside_model else 0):
+            decoded = [d for f in shard for d in f.result()]
             if not plan.beside_model:  # the last shard was written while this one decoded
                 _settle(writing, 0, progress)
             rows = explain_decoded(loaded, decoded, spec, classes)
@@ -47,12 +52,17 @@ def run_local(spec: JobSpec, loaded: LoadedModel, sources: Iterable[Source], sto
 
 @dataclass(frozen=True)
 class ThreadPlan:
-    """Where decoding runs: ``beside_model`` (while the model works) or between its batches, on ``decode_threads``;
-    ``write_threads`` shards are written at once."""
+    """Where decoding runs: ``beside_model`` (while the model works) or between its batches, on ``decode_threads``
+    (processes where ``decode_processes``); ``write_threads`` shards are written at once."""
 
     beside_model: bool
     decode_threads: int
     write_threads: int = 1
+    decode_processes: bool = False
+
+
+DECODE_IN = "SALIENCY_DECODE_IN"
+"""Environment variable: ``threads`` (default) or ``processes`` decode beside the model."""
 
 
 def plan_threads(loaded: LoadedModel, cores: int | None = None) -> ThreadPlan:
@@ -66,6 +76,12 @@ def plan_threads(loaded: LoadedModel, cores: int | None = None) -> ThreadPlan:
     Beside the model, the spare cores are shared between decoding and writing, half each: a raw
     float32 map takes about four times as long to write (zstd) as its JPEG takes to decode, and a GPU
     explains faster than one core writes (``docs/scaling.md``). Writers hold a shard each in memory.
+
+    ``$SALIENCY_DECODE_IN=processes`` decodes beside the model in processes instead of threads (a
+    model batch per call; the script that starts the job must guard its top level with
+    ``if __name__ == "__main__":``). Meant for GPU models: the thread that drives a GPU needs
+    Python's GIL for every kernel it issues, and decoding threads hold it for part of every picture
+    (bench/README.md).
     """
     cores = cores or available_cores()
     model_threads = torch.get_num_threads() if loaded.device.type == "cpu" else 1
@@ -73,7 +89,32 @@ def plan_threads(loaded: LoadedModel, cores: int | None = None) -> ThreadPlan:
     if loaded.device.type == "cpu" and spare <= 0:
         return ThreadPlan(beside_model=False, decode_threads=cores)
     writers = max(1, spare // 2)
-    return ThreadPlan(beside_model=True, decode_threads=max(2, spare - writers), write_threads=writers)
+    chosen = os.environ.get(DECODE_IN, "").strip().lower() or "threads"
+    if chosen not in ("threads", "processes"):
+        raise OptionError(f"${DECODE_IN} must be 'threads' or 'processes', got {chosen!r}")
+    return ThreadPlan(beside_model=True, decode_threads=max(2, spare - writers), write_threads=writers,
+                      decode_processes=chosen == "processes")
+
+
+def _decoders(plan: ThreadPlan) -> Executor:
+    """The pool that decodes: threads, or fresh processes (spawned: no fork of this process's threads) that end
+    when this process does, however it ends."""
+    if not plan.decode_processes:
+        return ThreadPoolExecutor(plan.decode_threads, thread_name_prefix="decode")
+    return ProcessPoolExecutor(plan.decode_threads, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_end_with_parent)
+
+
+def _end_with_parent(interval: float = 1.0) -> None:
+    """In a decoding process: exit once the job's process is gone (killed, even with SIGKILL: it is then re-parented)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
 
 
 def available_cores() -> int:
@@ -97,12 +138,13 @@ def _settle(writing: deque[Future[Rows]], keep: int, progress: Progress) -> None
         progress(rows.explained + len(rows.failed), len(rows.failed))
 
 
-def _prefetched(shards: Iterator[list[Source]], submit: Callable[[Source], Future[Decoded]],
-                depth: int = 2) -> Iterator[list[Future[Decoded]]]:
-    """Shards of decode futures, ``depth`` shards submitted ahead of the one being explained."""
-    ahead: deque[list[Future[Decoded]]] = deque()
+def _prefetched(shards: Iterator[list[Source]], submit: Callable[[list[Source]], Future[list[Decoded]]],
+                group: int = 1, depth: int = 2) -> Iterator[list[Future[list[Decoded]]]]:
+    """Shards of decode futures, one per ``group`` of sources, ``depth`` shards submitted ahead of the one being
+    explained."""
+    ahead: deque[list[Future[list[Decoded]]]] = deque()
     for shard in shards:
-        ahead.append([submit(s) for s in shard])
+        ahead.append([submit(g) for g in _chunks(shard, group)])
         if len(ahead) > depth:
             yield ahead.popleft()
     while ahead:

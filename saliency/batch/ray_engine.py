@@ -23,7 +23,7 @@ import numpy as np
 from saliency.batch.local import Progress
 from saliency.batch.sources import Source
 from saliency.batch.store import Store
-from saliency.batch.work import Decoded, JobSpec, decode, explain_decoded, write_pictures
+from saliency.batch.work import Decoded, JobSpec, decode_all, explain_decoded, write_pictures
 from saliency.errors import SaliencyError
 from saliency.memory import malloc_environment, reuse_freed_memory
 from saliency.models import LoadedModel
@@ -147,8 +147,8 @@ def decode_table(table: Any, preprocessing: Any, max_pixels: int) -> Any:
     """Ray task: a table of sources → a table of model inputs (raw float32 bytes) or errors."""
     import pyarrow as pa
 
-    rows = [decode(Source(s, d), preprocessing, max_pixels)
-            for s, d in zip(table.column("source").to_pylist(), table.column("data").to_pylist())]
+    rows = decode_all([Source(s, d) for s, d in zip(table.column("source").to_pylist(), table.column("data").to_pylist())],
+                      preprocessing, max_pixels)
     return pa.table({
         "source": [r.source for r in rows],
         "pixels": pa.array([None if r.tensor is None else r.tensor.tobytes() for r in rows], pa.binary()),

@@ -98,6 +98,11 @@ def decode(source: Source, preprocessing: Preprocessing, max_pixels: int = MAX_P
     return Decoded(source.id, prepared.tensor[0].numpy(), width, height, tuple(int(v) for v in prepared.box))
 
 
+def decode_all(sources: Sequence[Source], preprocessing: Preprocessing, max_pixels: int = MAX_PIXELS) -> list[Decoded]:
+    """:func:`decode` for each source, in order (one call of a decoding process)."""
+    return [decode(s, preprocessing, max_pixels) for s in sources]
+
+
 @dataclass
 class Rows:
     """Result rows for a group of sources, and how many of them failed."""
