@@ -16,8 +16,8 @@ import torch
 
 from saliency.batch.sources import Source
 from saliency.batch.store import Store
-from saliency.errors import OptionError
 from saliency.batch.work import Decoded, JobSpec, Rows, decode_all, explain_decoded, write_pictures
+from saliency.errors import OptionError
 from saliency.models import LoadedModel
 
 Progress = Callable[[int, int], None]

@@ -147,8 +147,8 @@ def decode_table(table: Any, preprocessing: Any, max_pixels: int) -> Any:
     """Ray task: a table of sources → a table of model inputs (raw float32 bytes) or errors."""
     import pyarrow as pa
 
-    rows = decode_all([Source(s, d) for s, d in zip(table.column("source").to_pylist(), table.column("data").to_pylist())],
-                      preprocessing, max_pixels)
+    sources = [Source(s, d) for s, d in zip(table.column("source").to_pylist(), table.column("data").to_pylist())]
+    rows = decode_all(sources, preprocessing, max_pixels)
     return pa.table({
         "source": [r.source for r in rows],
         "pixels": pa.array([None if r.tensor is None else r.tensor.tobytes() for r in rows], pa.binary()),
