@@ -375,10 +375,8 @@ def test_a_wrong_decoding_choice_is_one_clear_error(tmp_path, images, monkeypatc
     from saliency.batch.local import DECODE_IN, plan_threads
 
     monkeypatch.setenv(DECODE_IN, "fibres")
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        with pytest.raises(OptionError, match="SALIENCY_DECODE_IN must be 'threads' or 'processes'"):
-            plan_threads(demo, cores=3)
-    finally:
-        torch.set_num_threads(before)
+    with pytest.raises(OptionError, match="SALIENCY_DECODE_IN must be 'threads' or 'processes'"):
+        plan_threads(demo, cores=3)
+    with pytest.raises(OptionError, match="SALIENCY_DECODE_IN"):
+        explain_dataset([str(images[0])], str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()  # refused before DEST was touched

@@ -75,6 +75,10 @@ def explain_dataset(sources: Sequence[str], out: str, *, model: str | LoadedMode
     """
     spec = _spec(model, methods, topk, targets, options, reduce, batch_size, png, device, engine, model_options)
     spec = dataclasses.replace(spec, max_pixels=max_pixels)
+    if engine == "local":
+        from saliency.batch.local import decoding_in
+
+        decoding_in()  # a bad $SALIENCY_DECODE_IN fails here, before DEST is touched
     loaded = spec.load()  # a bad model, weights file or class fails here, before any work
     from saliency.pipeline import check_units
 

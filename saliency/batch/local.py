@@ -83,17 +83,23 @@ def plan_threads(loaded: LoadedModel, cores: int | None = None) -> ThreadPlan:
     Python's GIL for every kernel it issues, and decoding threads hold it for part of every picture
     (bench/README.md).
     """
+    chosen = decoding_in()
     cores = cores or available_cores()
     model_threads = torch.get_num_threads() if loaded.device.type == "cpu" else 1
     spare = cores - model_threads
     if loaded.device.type == "cpu" and spare <= 0:
         return ThreadPlan(beside_model=False, decode_threads=cores)
     writers = max(1, spare // 2)
+    return ThreadPlan(beside_model=True, decode_threads=max(2, spare - writers), write_threads=writers,
+                      decode_processes=chosen == "processes")
+
+
+def decoding_in() -> str:
+    """``threads`` or ``processes``: what ``$SALIENCY_DECODE_IN`` asks for (default: threads)."""
     chosen = os.environ.get(DECODE_IN, "").strip().lower() or "threads"
     if chosen not in ("threads", "processes"):
         raise OptionError(f"${DECODE_IN} must be 'threads' or 'processes', got {chosen!r}")
-    return ThreadPlan(beside_model=True, decode_threads=max(2, spare - writers), write_threads=writers,
-                      decode_processes=chosen == "processes")
+    return chosen
 
 
 def _decoders(plan: ThreadPlan) -> Executor:

@@ -40,7 +40,8 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="images per forward pass (default: 16)")
     p.add_argument("--shard-size", type=positive_int, default=DEFAULT_SHARD_SIZE, metavar="N",
                    help=f"images per Parquet file, the unit redone after a crash (default: {DEFAULT_SHARD_SIZE})")
-    add_engine_options(p, "this process, threads decoding ahead of the model", "model actors", gpus=True)
+    add_engine_options(p, "this process, threads decoding ahead of the model (processes with "
+                       "$SALIENCY_DECODE_IN=processes)", "model actors", gpus=True)
     return p
 
 
