@@ -253,7 +253,7 @@ def _on_device(tensors: Sequence[Tensor], device: torch.device) -> Tensor:
 
 
 def _queued_work(device: torch.device) -> Any:
-    """A mark after the work queued on ``device`` so far (``None`` on the CPU, where the work is done)."""
+    """A mark after the work queued on a CUDA ``device`` so far (``None`` elsewhere: copying waits for the work)."""
     if device.type != "cuda":
         return None
     event = torch.cuda.Event()
@@ -271,8 +271,8 @@ def _to_host(tensors: Sequence[Tensor], queued: Any) -> list[Tensor]:
     after it (the next batch) runs on meanwhile. The copies land in ordinary memory, which rows can
     hold as long as they like (page-locked memory is costly to allocate).
     """
-    if queued is None:
-        return [t.detach() for t in tensors]
+    if queued is None:  # the CPU (a no-op), or a device copied the plain way (MPS)
+        return [t.detach().cpu() for t in tensors]
     device = tensors[0].device
     stream = _copy_streams.get(device)
     if stream is None:
