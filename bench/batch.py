@@ -35,6 +35,7 @@ import os
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before anything imports ray
 
 import argparse
+import contextlib
 import gc
 import logging
 import platform
@@ -45,8 +46,9 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -112,6 +114,21 @@ def limit_loop(module: torch.nn.Module, batches: list[torch.Tensor], method: str
         saliency.explain(module, x, method)
 
 
+class StageTimer:
+    """Seconds the local engine's driving thread spends in each stage (``explain_dataset(stage=...)``)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - start
+
+
 class Variants:
     """Each variant as ``run(paths) -> seconds``; the batch-job ones write to a fresh DEST, removed afterwards."""
 
@@ -123,6 +140,7 @@ class Variants:
         self.loaded = load_model(model, device=device, **model_options(model))
         self.load_seconds = time.perf_counter() - start
         self.cache: dict[int, list[torch.Tensor]] = {}
+        self.stages: dict[int, list[dict[str, float]]] = defaultdict(list)  # images -> the local runs' shares
         self.table: dict[str, Callable[[list[str]], float]] = {
             "bare autograd": self.bare, "limit": self.limit, "local": lambda p: self.job(p, "local", 1)}
         for workers in ray_workers:
@@ -149,15 +167,19 @@ class Variants:
 
     def job(self, paths: list[str], engine: str, workers: int) -> float:
         folder = Path(tempfile.mkdtemp(prefix=f"dest-{engine}{workers}-", dir=self.scratch))
+        timer = StageTimer() if engine == "local" else None
         try:
             start = time.perf_counter()
             summary = explain_dataset(paths, str(folder / "maps.parquet"), model=self.model, methods=[self.method],
                                       engine=engine, batch_size=self.batch, shard_size=self.shard, workers=workers,
+                                      stage=timer,
                                       device=self.device, gpus_per_worker=1 / workers if self.loaded.device.type == "cuda" else 0,
                                       **model_options(self.model))
             seconds = time.perf_counter() - start
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+        if timer is not None:
+            self.stages[len(paths)].append({name: t / seconds for name, t in timer.seconds.items()})
         if summary.explained != len(paths) or not summary.ok or summary.skipped:
             raise RuntimeError(f"{engine} engine ({workers} workers): explained {summary.explained} of "
                                f"{len(paths)}, skipped {summary.skipped}, failed {summary.failed[:3]}, "
@@ -173,6 +195,7 @@ class Result:
     full: dict[str, list[float]]
     small: dict[str, list[float]]
     load_seconds: float
+    stages: list[dict[str, float]] = field(default_factory=list)  # the local runs on all images: share per stage
 
     def median(self, variant: str, small: bool = False) -> float:
         return statistics.median((self.small if small else self.full)[variant])
@@ -195,7 +218,10 @@ def measure(variants: Variants, paths: list[str], repeats: int, seed: int) -> Re
             gc.collect()
         print(f"  round {round_ + 1}/{repeats}: " +
               ", ".join(f"{n} {times['full'][n][-1]:.2f} s" for n in variants.table), file=sys.stderr, flush=True)
-    return Result(variants.model, times["full"], times.get("small", {}), variants.load_seconds)
+    stages = variants.stages[len(paths)]
+    if "small" not in sizes:  # the warm-up ran on all the images too
+        stages = stages[1:]
+    return Result(variants.model, times["full"], times.get("small", {}), variants.load_seconds, stages)
 
 
 def start_ray(cpus: int) -> tuple[object, dict[int, str]]:
@@ -278,6 +304,14 @@ def report(results: list[Result], args: argparse.Namespace, actors: dict[int, st
            for r in results])
     print("Ratios of those images/s:\n")
     ratios(lambda r, c: n / r.median(c))
+    if all(r.stages for r in results):
+        print("Where the local engine's driving thread spent its time, as shares of the run (median): the model's "
+              "work and making the rows, waiting for decoding, waiting for writing, and the rest (loading the model, "
+              "listing sources, opening DEST):\n")
+        names = ("explain", "decode", "write")
+        table(["model", "explain", "waiting for decoding", "waiting for writing", "rest"],
+              [[r.model] + [f"{statistics.median(s.get(k, 0.0) for s in r.stages):.2f}" for k in names]
+               + [f"{statistics.median(1 - sum(s.values()) for s in r.stages):.2f}"] for r in results])
     if not all(r.small for r in results):
         return
     print(f"Fixed costs: seconds for a run on one batch ({b} images; median), and for loading the model once in "

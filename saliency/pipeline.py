@@ -30,7 +30,8 @@ Stage = Callable[[str], AbstractContextManager]
 """``stage(name)``: a context manager around each stage's work (e.g. a timer); by default nothing."""
 
 
-def _no_stage(name: str) -> AbstractContextManager:
+def no_stage(name: str) -> AbstractContextManager:
+    """The default :data:`Stage`: nothing around any stage."""
     return nullcontext()
 
 
@@ -134,7 +135,7 @@ def target_label(target: int | Unit, labels: Sequence[str]) -> str:
 
 
 def prepare(model: LoadedModel | Preprocessing, source: ImageSource, *, max_pixels: int = MAX_PIXELS,
-            stage: Stage = _no_stage) -> Prepared:
+            stage: Stage = no_stage) -> Prepared:
     """Decode ``source`` (a path, bytes or a binary file) and turn it into ``model``'s input.
 
     ``model`` may be just its :class:`~saliency.preprocess.Preprocessing` (what a decode worker holds).
@@ -168,7 +169,7 @@ def groups_by_shape(prepared: Sequence[Prepared]) -> list[list[int]]:
 def explain_prepared(model: LoadedModel, prepared: Sequence[Prepared], methods: Sequence[str],
                      classes: Classes = Classes(), options: Mapping[str, Any] | None = None, *,
                      progress: Callable[[str, int, int], None] | None = None,
-                     stage: Stage = _no_stage) -> tuple[list[Explained], Report]:
+                     stage: Stage = no_stage) -> tuple[list[Explained], Report]:
     """Explain each prepared picture for ``classes`` with ``methods``: one forward pass per input shape.
 
     Every further class costs only the methods' input-only backward passes (see
@@ -185,7 +186,7 @@ Finish = Callable[[], tuple[list[Explained], Report]]
 def start_explaining(model: LoadedModel, prepared: Sequence[Prepared], methods: Sequence[str],
                      classes: Classes = Classes(), options: Mapping[str, Any] | None = None, *,
                      progress: Callable[[str, int, int], None] | None = None,
-                     stage: Stage = _no_stage) -> Finish:
+                     stage: Stage = no_stage) -> Finish:
     """:func:`explain_prepared` in two halves: queue the model's work and the copies of its results to the CPU,
     and return the function that waits for them.
 
@@ -308,7 +309,7 @@ def _targets_of(result: Explanation, targets: Tensor) -> list[tuple[int | Unit, 
 
 
 def render(explained: Sequence[Explained], methods: Sequence[str], style: str, *, alpha: float, cmap: str,
-           percentile: float, stage: Stage = _no_stage) -> Iterator[Picture]:
+           percentile: float, stage: Stage = no_stage) -> Iterator[Picture]:
     """Each picture's maps drawn (image, then class rank, then method), batched by input shape."""
     if not explained:
         return

@@ -380,3 +380,21 @@ def test_a_wrong_decoding_choice_is_one_clear_error(tmp_path, images, monkeypatc
     with pytest.raises(OptionError, match="SALIENCY_DECODE_IN"):
         explain_dataset([str(images[0])], str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()  # refused before DEST was touched
+
+
+def test_the_local_engine_says_what_its_driving_thread_waits_for(tmp_path, images):
+    import contextlib
+
+    entered = Counter()
+
+    @contextlib.contextmanager
+    def stage(name):
+        entered[name] += 1
+        yield
+
+    summary = explain_dataset([str(tmp_path / "images")], str(tmp_path / "out"), methods=["vanilla"], batch_size=2,
+                              shard_size=4, stage=stage)
+    assert summary.explained == 10
+    shards = 3
+    assert entered["decode"] == entered["explain"] == shards and entered["write"] >= shards
+    assert set(entered) == {"decode", "explain", "write"}

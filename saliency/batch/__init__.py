@@ -22,6 +22,7 @@ from saliency.methods import RULE_METHODS, resolve_methods, resolve_options
 if TYPE_CHECKING:  # the work itself (torch, the models) is imported when a job starts, not for `--help`
     from saliency.batch.work import JobSpec
     from saliency.models import LoadedModel
+    from saliency.pipeline import Stage
 
 ENGINES = ("local", "ray")
 DEFAULT_SHARD_SIZE = 128
@@ -60,7 +61,8 @@ def explain_dataset(sources: Sequence[str], out: str, *, model: str | LoadedMode
                     reduce: str = "none", batch_size: int = 16, shard_size: int = DEFAULT_SHARD_SIZE,
                     png: str | os.PathLike | None = None, workers: int = 1, gpus_per_worker: float = 0,
                     address: str | None = None, device: str | None = None, max_pixels: int = MAX_PIXELS,
-                    progress: Callable[[int, int, int], None] | None = None, **model_options) -> Summary:
+                    progress: Callable[[int, int, int], None] | None = None, stage: Stage | None = None,
+                    **model_options) -> Summary:
     """Explain every image ``sources`` name into the Parquet dataset ``out``; rerun to resume.
 
     ``sources``: image files, folders, globs, list files, Parquet tables, URIs (see
@@ -72,6 +74,8 @@ def explain_dataset(sources: Sequence[str], out: str, *, model: str | LoadedMode
     ``gpus_per_worker`` GPUs each). ``model_options``: ``weights``, ``labels``, ``input_size``,
     ``resize``, ``mean``, ``std`` as for :func:`saliency.models.load_model`.
     ``max_pixels``: larger pictures are error rows. ``progress(done, failed, total)`` hears at the start and after each shard (``total``: the sources to do now).
+    ``stage(name)``: with the local engine, a context manager around what its driving thread does —
+    ``"decode"`` and ``"write"`` (waiting for those stages), ``"explain"`` — e.g. a timer.
     """
     spec = _spec(model, methods, topk, targets, options, reduce, batch_size, png, device, engine, model_options)
     spec = dataclasses.replace(spec, max_pixels=max_pixels)
@@ -107,8 +111,9 @@ def explain_dataset(sources: Sequence[str], out: str, *, model: str | LoadedMode
         summary.missing = [s.id for s in todo if s.id not in written]
     else:
         from saliency.batch.local import run_local
+        from saliency.pipeline import no_stage
 
-        summary.explained, summary.failed = run_local(spec, loaded, todo, store, shard_size, report)
+        summary.explained, summary.failed = run_local(spec, loaded, todo, store, shard_size, report, stage or no_stage)
     return summary
 
 

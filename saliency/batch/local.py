@@ -19,14 +19,19 @@ from saliency.batch.store import Store
 from saliency.batch.work import Decoded, JobSpec, Rows, decode_all, explain_decoded, write_pictures
 from saliency.errors import OptionError
 from saliency.models import LoadedModel
+from saliency.pipeline import Stage, no_stage
 
 Progress = Callable[[int, int], None]
 """``progress(images, failed)``: called as each shard is written."""
 
 
 def run_local(spec: JobSpec, loaded: LoadedModel, sources: Iterable[Source], store: Store, shard_size: int,
-              progress: Progress) -> tuple[int, list[str]]:
-    """Explain ``sources`` into ``store`` with ``loaded`` (``spec``'s model): returns (images explained, sources that failed)."""
+              progress: Progress, stage: Stage = no_stage) -> tuple[int, list[str]]:
+    """Explain ``sources`` into ``store`` with ``loaded`` (``spec``'s model): returns (images explained, sources that failed).
+
+    ``stage(name)`` wraps what the driving thread does: ``"decode"`` and ``"write"`` (waiting for those
+    stages) and ``"explain"`` (the model's work and making the rows), e.g. to time each.
+    """
     classes = spec.classes(loaded)
     preprocessing = loaded.preprocessing
     plan = plan_threads(loaded)
@@ -38,15 +43,20 @@ def run_local(spec: JobSpec, loaded: LoadedModel, sources: Iterable[Source], sto
         # a process decodes a model batch per call (fewer, larger messages); a thread one picture
         group = spec.batch_size if plan.decode_processes else 1
         for shard in _prefetched(shards, submit, group, depth=2 if plan.beside_model else 0):
-            decoded = [d for f in shard for d in f.result()]
+            with stage("decode"):
+                decoded = [d for f in shard for d in f.result()]
             if not plan.beside_model:  # the last shard was written while this one decoded
-                _settle(writing, 0, progress)
-            rows = explain_decoded(loaded, decoded, spec, classes)
-            _settle(writing, plan.write_threads - 1, progress)  # at most one shard per writer in memory
+                with stage("write"):
+                    _settle(writing, 0, progress)
+            with stage("explain"):
+                rows = explain_decoded(loaded, decoded, spec, classes)
+            with stage("write"):
+                _settle(writing, plan.write_threads - 1, progress)  # at most one shard per writer in memory
             writing.append(writers.submit(_write, store, rows, spec, loaded.name))
             explained += rows.explained
             failed += rows.failed
-        _settle(writing, 0, progress)
+        with stage("write"):
+            _settle(writing, 0, progress)
     return explained, failed
 
 
