@@ -165,6 +165,10 @@ class Variants:
         finished(self.loaded.device)
         return time.perf_counter() - start
 
+    def gpus(self, workers: int) -> float:
+        """GPUs per Ray model actor: the one GPU shared out, where the model is on one."""
+        return 1 / workers if self.loaded.device.type == "cuda" else 0
+
     def job(self, paths: list[str], engine: str, workers: int) -> float:
         folder = Path(tempfile.mkdtemp(prefix=f"dest-{engine}{workers}-", dir=self.scratch))
         timer = StageTimer() if engine == "local" else None
@@ -172,8 +176,7 @@ class Variants:
             start = time.perf_counter()
             summary = explain_dataset(paths, str(folder / "maps.parquet"), model=self.model, methods=[self.method],
                                       engine=engine, batch_size=self.batch, shard_size=self.shard, workers=workers,
-                                      stage=timer,
-                                      device=self.device, gpus_per_worker=1 / workers if self.loaded.device.type == "cuda" else 0,
+                                      stage=timer, device=self.device, gpus_per_worker=self.gpus(workers),
                                       **model_options(self.model))
             seconds = time.perf_counter() - start
         finally:

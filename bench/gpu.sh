@@ -17,7 +17,8 @@ export PYTHONUNBUFFERED=1
 
 {
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
-    "$python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"
+    "$python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda,
+                                      'available', torch.cuda.is_available())"
     echo "cpus $(nproc)"
 } 2>&1 | tee "$out/machine.txt"
 

@@ -27,7 +27,8 @@ Progress = Callable[[int, int], None]
 
 def run_local(spec: JobSpec, loaded: LoadedModel, sources: Iterable[Source], store: Store, shard_size: int,
               progress: Progress, stage: Stage = no_stage) -> tuple[int, list[str]]:
-    """Explain ``sources`` into ``store`` with ``loaded`` (``spec``'s model): returns (images explained, sources that failed).
+    """Explain ``sources`` into ``store`` with ``loaded`` (``spec``'s model); returns (images explained, sources
+    that failed).
 
     ``stage(name)`` wraps what the driving thread does: ``"decode"`` and ``"write"`` (waiting for those
     stages) and ``"explain"`` (the model's work and making the rows), e.g. to time each.
