@@ -311,9 +311,9 @@ def report(results: list[Result], args: argparse.Namespace, actors: dict[int, st
         print("Where the local engine's driving thread spent its time, as shares of the run (median): the model's "
               "work and making the rows, waiting for decoding, waiting for writing, and the rest (loading the model, "
               "listing sources, opening DEST):\n")
-        names = ("explain", "decode", "write")
+        stages = ("explain", "decode", "write")
         table(["model", "explain", "waiting for decoding", "waiting for writing", "rest"],
-              [[r.model] + [f"{statistics.median(s.get(k, 0.0) for s in r.stages):.2f}" for k in names]
+              [[r.model] + [f"{statistics.median(s.get(k, 0.0) for s in r.stages):.2f}" for k in stages]
                + [f"{statistics.median(1 - sum(s.values()) for s in r.stages):.2f}"] for r in results])
     if not all(r.small for r in results):
         return
