@@ -298,22 +298,18 @@ def test_decoding_beside_the_model_and_between_its_batches_write_the_same_rows(t
             assert np.allclose(beside[f"map_{method}"], between[f"map_{method}"], rtol=1e-4, atol=1e-7)
 
 
-def test_several_writers_write_every_shard_once_with_the_same_rows(tmp_path, images, demo, monkeypatch):
+def test_several_writers_write_every_shard_once_with_the_same_rows(tmp_path, images, demo, monkeypatch,
+                                                                  one_torch_thread):
     """Beside a model that leaves cores free (a GPU's case), several shards are written at once."""
     import saliency.batch.local as local
 
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = explain_dataset([str(tmp_path / "images")], str(tmp_path / "one"), methods=METHODS, topk=2,
-                              batch_size=2, shard_size=2)
-        monkeypatch.setattr(local, "available_cores", lambda: 9)
-        assert local.plan_threads(demo).write_threads == 4
-        progress = []
-        many = explain_dataset([str(tmp_path / "images")], str(tmp_path / "many"), methods=METHODS, topk=2,
-                               batch_size=2, shard_size=2, progress=lambda done, failed, total: progress.append(done))
-    finally:
-        torch.set_num_threads(before)
+    one = explain_dataset([str(tmp_path / "images")], str(tmp_path / "one"), methods=METHODS, topk=2,
+                          batch_size=2, shard_size=2)
+    monkeypatch.setattr(local, "available_cores", lambda: 9)
+    assert local.plan_threads(demo).write_threads == 4
+    progress = []
+    many = explain_dataset([str(tmp_path / "images")], str(tmp_path / "many"), methods=METHODS, topk=2,
+                           batch_size=2, shard_size=2, progress=lambda done, failed, total: progress.append(done))
     assert one.explained == many.explained == 10 and many.ok
     assert progress == [0, 2, 4, 6, 8, 10]
     assert len([p for p in (tmp_path / "many").iterdir() if p.suffix == ".parquet"]) == 5
@@ -346,26 +342,21 @@ def test_a_job_on_cuda_writes_the_maps_explain_gives_on_the_cpu(tmp_path, images
             assert np.allclose(got, expected[method][0].numpy(), rtol=1e-3, atol=1e-3 * scale), method
 
 
-def test_decoding_in_processes_writes_the_rows_threads_write(tmp_path, images, monkeypatch):
+def test_decoding_in_processes_writes_the_rows_threads_write(tmp_path, images, demo, monkeypatch, one_torch_thread):
     """$SALIENCY_DECODE_IN=processes (meant for GPU models); the CPU stands in, with a spare core beside a one-thread
     model."""
     from saliency.batch.local import DECODE_IN, plan_threads
 
     (tmp_path / "images" / "broken.jpg").write_bytes(b"\xff\xd8 not really a JPEG")
     sources = [str(tmp_path / "images"), str(tmp_path / "missing.png")]
-    before = torch.get_num_threads()
     tables, summaries = {}, {}
-    try:
-        torch.set_num_threads(1)
-        for mode in ("threads", "processes"):
-            monkeypatch.setenv(DECODE_IN, mode)
-            plan = plan_threads(load_model("demo"), cores=3)
-            assert plan.beside_model and plan.decode_processes == (mode == "processes")
-            summaries[mode] = explain_dataset(sources, str(tmp_path / mode), methods=METHODS, topk=2,
-                                              batch_size=3, shard_size=4)
-            tables[mode] = rows(tmp_path / mode).to_pylist()
-    finally:
-        torch.set_num_threads(before)
+    for mode in ("threads", "processes"):
+        monkeypatch.setenv(DECODE_IN, mode)
+        plan = plan_threads(demo, cores=3)
+        assert plan.beside_model and plan.decode_processes == (mode == "processes")
+        summaries[mode] = explain_dataset(sources, str(tmp_path / mode), methods=METHODS, topk=2,
+                                          batch_size=3, shard_size=4)
+        tables[mode] = rows(tmp_path / mode).to_pylist()
     assert summaries["processes"].explained == 10 and len(summaries["processes"].failed) == 2
     assert tables["processes"] == tables["threads"]
     assert any(r["error"] and "broken.jpg" in r["source"] for r in tables["processes"])
