@@ -5,8 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import time
-from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +17,7 @@ from saliency.api.batching import Batcher
 from saliency.api.errors import RequestError
 from saliency.api.parsing import ExplainRequest
 from saliency.models import LoadedModel
-from saliency.pipeline import prepare, render, target_of
+from saliency.pipeline import StageSeconds, prepare, render, target_of
 from saliency.render import DEFAULT_CMAP, DEFAULT_PERCENTILE, convention
 from saliency.units import Unit
 
@@ -27,21 +27,29 @@ TOP_PREDICTIONS = 5
 OVERHEAD_STAGES = ("decode", "preprocess", "render", "encode")
 
 
-@dataclass
-class Timer:
+class Timer(StageSeconds):
     """Seconds spent per stage; ``explain`` is the model's own time, the rest is service overhead.
 
     ``overhead`` is the overhead stages' wall time, ``overhead_cpu`` the CPU time this request's
     thread spent in them: on a busy machine the first also counts waiting for a core.
     """
 
-    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    started: float = field(default_factory=time.perf_counter)
-    batch_images: int = 0  #: images in the model call this request shared (its own included)
-    overhead_cpu: float = 0.0
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = time.perf_counter()
+        self.batch_images = 0  #: images in the model call this request shared (its own included)
+        self.overhead_cpu = 0.0
 
-    def stage(self, name: str) -> "_Stage":
-        return _Stage(self, name)
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """The stage timed as by :class:`StageSeconds`, and this thread's CPU time in it counted if it is overhead."""
+        cpu = time.thread_time()
+        try:
+            with self(name):
+                yield
+        finally:
+            if name in OVERHEAD_STAGES:
+                self.overhead_cpu += time.thread_time() - cpu
 
     def report(self) -> dict[str, float]:
         s = dict(self.seconds)
@@ -49,19 +57,6 @@ class Timer:
         total = time.perf_counter() - self.started
         return {**{k: round(v, 6) for k, v in s.items()}, "overhead": round(overhead, 6),
                 "overhead_cpu": round(self.overhead_cpu, 6), "total": round(total, 6)}
-
-
-class _Stage:
-    def __init__(self, timer: Timer, name: str) -> None:
-        self.timer, self.name = timer, name
-
-    def __enter__(self) -> None:
-        self.start, self.cpu = time.perf_counter(), time.thread_time()
-
-    def __exit__(self, *exc: object) -> None:
-        self.timer.seconds[self.name] += time.perf_counter() - self.start
-        if self.name in OVERHEAD_STAGES:
-            self.timer.overhead_cpu += time.thread_time() - self.cpu
 
 
 @dataclass

@@ -8,8 +8,9 @@ input shape and explains every class asked for from one forward pass per group.
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,21 @@ Stage = Callable[[str], AbstractContextManager]
 def no_stage(name: str) -> AbstractContextManager:
     """The default :data:`Stage`: nothing around any stage."""
     return nullcontext()
+
+
+class StageSeconds:
+    """A :data:`Stage` that adds up the wall-clock seconds spent in each stage, by name, in ``seconds``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - start
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import io
 import re
 import struct
 import tempfile
+import time
 import zlib
 
 import flask
@@ -490,3 +491,26 @@ def test_truncated_and_corrupted_files_of_every_format_are_never_a_500(client, f
         assert response.status_code in (200, 400), (fmt, len(data), response.get_data(as_text=True))
         if response.status_code == 400:
             assert response.get_json()["error"] == "invalid_image"
+
+
+def _spin(cpu_seconds: float) -> None:
+    end = time.thread_time() + cpu_seconds
+    while time.thread_time() < end:
+        pass
+
+
+def test_timer_adds_wall_time_per_stage_and_counts_cpu_time_in_overhead_stages_only():
+    from saliency.api.service import Timer
+
+    timer = Timer()
+    with timer.stage("decode"):
+        _spin(0.05)
+    with timer.stage("explain"):
+        _spin(0.05)
+    with pytest.raises(ValueError), timer.stage("render"):  # a stage that fails is counted too
+        raise ValueError("bad picture")
+    report = timer.report()
+    assert report["decode"] >= 0.05 and report["explain"] >= 0.05 and report["render"] >= 0
+    assert report["overhead"] == pytest.approx(report["decode"] + report["render"], abs=1e-5)
+    assert 0.05 <= report["overhead_cpu"] < 0.09  # decode's CPU time, not explain's
+    assert report["total"] >= report["decode"] + report["explain"]
