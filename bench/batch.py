@@ -35,7 +35,6 @@ import os
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before anything imports ray
 
 import argparse
-import contextlib
 import gc
 import logging
 import platform
@@ -47,7 +46,7 @@ import tempfile
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +60,7 @@ from saliency.batch.sources import Source
 from saliency.batch.work import decode
 from saliency.memory import reuse_freed_memory
 from saliency.models import LoadedModel, load_model
+from saliency.pipeline import StageSeconds
 
 TARGET_LOCAL = 0.9   # local engine ≥ 0.9 × the limit
 TARGET_RAY = 0.8     # Ray engine ≥ 0.8 × the local engine
@@ -114,21 +114,6 @@ def limit_loop(module: torch.nn.Module, batches: list[torch.Tensor], method: str
         saliency.explain(module, x, method)
 
 
-class StageTimer:
-    """Seconds the local engine's driving thread spends in each stage (``explain_dataset(stage=...)``)."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = defaultdict(float)
-
-    @contextlib.contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] += time.perf_counter() - start
-
-
 class Variants:
     """Each variant as ``run(paths) -> seconds``; the batch-job ones write to a fresh DEST, removed afterwards."""
 
@@ -171,7 +156,7 @@ class Variants:
 
     def job(self, paths: list[str], engine: str, workers: int) -> float:
         folder = Path(tempfile.mkdtemp(prefix=f"dest-{engine}{workers}-", dir=self.scratch))
-        timer = StageTimer() if engine == "local" else None
+        timer = StageSeconds() if engine == "local" else None
         try:
             start = time.perf_counter()
             summary = explain_dataset(paths, str(folder / "maps.parquet"), model=self.model, methods=[self.method],
@@ -257,6 +242,23 @@ def start_ray(cpus: int) -> tuple[object, dict[int, str]]:
     return ray, actors
 
 
+def touch_seconds_per_gb(megabytes: int = 512) -> tuple[float, float]:
+    """Seconds per GB to write memory this process never used, and the same amount again at once after freeing it.
+
+    A fresh process (each Ray model actor) pays the first for all the memory of its first batch. Where the
+    host takes back memory a virtual machine frees (free page reporting) it is many times the second."""
+    import numpy as np
+
+    seconds = []
+    for _ in range(2):  # above malloc's mmap threshold: freed to the kernel, taken afresh the second time
+        start = time.perf_counter()
+        block = np.ones(megabytes * 2**20 // 8)
+        seconds.append(time.perf_counter() - start)
+        del block
+    fresh, again = seconds
+    return fresh * 1024 / megabytes, again * 1024 / megabytes
+
+
 def table(head: list[str], rows: list[list[str]]) -> None:
     print("| " + " | ".join(head) + " |")
     print("|" + " --- |" * len(head))
@@ -276,7 +278,9 @@ def report(results: list[Result], args: argparse.Namespace, actors: dict[int, st
           + (f", OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}" if "OMP_NUM_THREADS" in os.environ else "") + "; "
           + ("freed memory kept for reuse (saliency.memory), as by the saliency command" if args.memory_kept
              else "glibc's malloc defaults") + f"; the GIL handed on every {sys.getswitchinterval() * 1000:g} ms"
-          + (f"; decoding in {args.decode_in}." if args.decode_in else "."))
+          + (f"; decoding in {args.decode_in}" if args.decode_in else "")
+          + f"; writing memory never used takes {args.touch[0]:.2f} s/GB ({args.touch[1]:.2f} s/GB again at once "
+            "after freeing it).")
     if actors is not None:
         import ray
 
@@ -390,6 +394,7 @@ def main() -> None:
         sys.setswitchinterval(args.switch_interval / 1000)
     args.memory_kept = False if args.malloc_defaults else reuse_freed_memory()  # as the saliency command does
     started = time.perf_counter()
+    args.touch = touch_seconds_per_gb()  # first: before this process has freed any memory
     scratch = Path(tempfile.mkdtemp(prefix="saliency-bench-batch-"))
     ray = actors = None
     try:

@@ -12,7 +12,7 @@ def test_batch_benchmark_prints_its_tables_on_a_small_job():
                            "--repeats", "1", "--shard-size", "16", "--device", "cpu"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    for heading in ("End to end, images/s", "local / limit (target ≥ 0.9)", "waiting for decoding",
+    for heading in ("s/GB again at once", "End to end, images/s", "local / limit (target ≥ 0.9)", "waiting for decoding",
                     "Fixed costs", "Steady rate"):
         assert heading in done.stdout, heading
 
