@@ -394,7 +394,7 @@ def main() -> None:
         sys.setswitchinterval(args.switch_interval / 1000)
     args.memory_kept = False if args.malloc_defaults else reuse_freed_memory()  # as the saliency command does
     started = time.perf_counter()
-    args.touch = touch_seconds_per_gb()  # first: before this process has freed any memory
+    args.touch = touch_seconds_per_gb()  # before the runs free large blocks, whose pages stay warm for seconds
     scratch = Path(tempfile.mkdtemp(prefix="saliency-bench-batch-"))
     ray = actors = None
     try:
