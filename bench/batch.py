@@ -57,7 +57,7 @@ import saliency
 from saliency.batch import DEFAULT_SHARD_SIZE, explain_dataset
 from saliency.batch.local import available_cores
 from saliency.batch.sources import Source
-from saliency.batch.work import decode
+from saliency.batch.decoding import decode
 from saliency.memory import reuse_freed_memory
 from saliency.models import LoadedModel, load_model
 from saliency.pipeline import StageSeconds

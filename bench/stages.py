@@ -2,7 +2,7 @@
 
     python bench/stages.py                 # 256 JPEGs 224x224, ResNet50's preprocessing, method guided
 
-* decode: read + decode + prepare one JPEG (saliency.batch.work.decode), images/s on one thread;
+* decode: read + decode + prepare one JPEG (saliency.batch.decoding.decode), images/s on one thread;
 * write: build and write Parquet shards of rows as the job stores them (Store.encoding), rows/s and MB/s
   on one thread, for raw float32 maps ``[3, 224, 224]`` and for ``--reduce max-abs`` (float16 ``[224, 224]``).
 
@@ -24,7 +24,7 @@ from images import photo_jpeg  # bench/images.py: the same photo-like JPEGs
 
 from saliency.batch.sources import Source
 from saliency.batch.store import Store
-from saliency.batch.work import decode
+from saliency.batch.decoding import decode
 from saliency.preprocess import Preprocessing
 
 

@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from saliency.batch.sources import Source, list_sources
-from saliency.batch.work import Decoded, decode
+from saliency.batch.decoding import Decoded, decode
 from saliency.engine import explain
 from saliency.errors import OptionError, SaliencyError
 from saliency.methods import resolve_methods
@@ -328,7 +328,8 @@ def _scan_ray(model: LoadedModel, sources: Sequence[Source], layers: Sequence[st
               workers: int, address: str | None, max_pixels: int | None,
               progress: Progress | None) -> tuple[dict[str, Strongest], list]:
     """The scan on Ray Data: decode tasks, then model actors returning each image's per-channel maxima."""
-    from saliency.batch.ray_engine import connect, decode_table, decode_tasks, model_actor_options, torch_threads
+    from saliency.batch.decoding import decode_table
+    from saliency.batch.ray_engine import connect, decode_tasks, model_actor_options, torch_threads
     from saliency.images import MAX_PIXELS
 
     ray = connect(address)
@@ -338,10 +339,10 @@ def _scan_ray(model: LoadedModel, sources: Sequence[Source], layers: Sequence[st
     items = [{"source": s.id, "data": s.data, "image": i} for i, s in enumerate(sources)]
     cpus = ray.cluster_resources().get("CPU", 1.0)
     dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // batch_size, 4 * workers)))
-    decoded = dataset.map_batches(_decode_with_index, batch_size=batch_size, batch_format="pyarrow", num_cpus=0,
+    decoded = dataset.map_batches(decode_table, batch_size=batch_size, batch_format="pyarrow", num_cpus=0,
                                   compute=ray.data.TaskPoolStrategy(size=decode_tasks(cpus, workers)),
-                                  fn_kwargs={"preprocessing": model.preprocessing, "decode_table": decode_table,
-                                             "max_pixels": max_pixels or MAX_PIXELS})
+                                  fn_kwargs={"preprocessing": model.preprocessing,
+                                             "max_pixels": max_pixels or MAX_PIXELS})  # keeps the column "image"
     scanned = decoded.map_batches(
         _Scanner, batch_size=batch_size, batch_format="pyarrow",
         fn_constructor_kwargs={"model": model, "layers": list(layers), "threads": torch_threads(cpus, workers)},
@@ -368,12 +369,6 @@ def _scan_ray(model: LoadedModel, sources: Sequence[Source], layers: Sequence[st
     return strongest, failed
 
 
-def _decode_with_index(table: Any, preprocessing: Any, decode_table: Callable, max_pixels: int) -> Any:
-    """Ray task: the batch job's decode, keeping each source's place in the list."""
-    out = decode_table(table, preprocessing, max_pixels)
-    return out.append_column("image", table.column("image"))
-
-
 class _Scanner:
     """Ray actor: loads the model once; per batch, each image's per-channel maxima of each layer."""
 
@@ -386,7 +381,7 @@ class _Scanner:
     def __call__(self, table: Any) -> Any:
         import pyarrow as pa
 
-        from saliency.batch.ray_engine import _decoded
+        from saliency.batch.decoding import from_row
 
         rows = table.to_pylist()
         good = [i for i, r in enumerate(rows) if r["error"] is None]
@@ -396,7 +391,7 @@ class _Scanner:
             columns[f"{layer}/index"] = [None] * len(rows)
             columns[f"{layer}/shape"] = [None] * len(rows)
         if good:
-            x = torch.from_numpy(np.stack([_decoded(rows[i]).tensor for i in good]))
+            x = torch.from_numpy(np.stack([from_row(rows[i]).tensor for i in good]))
             for layer, activation in layer_outputs(self.model.module, x, self.layers).items():
                 values, index = maxima(activation)
                 for row, i in enumerate(good):

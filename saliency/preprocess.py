@@ -4,19 +4,25 @@
 scale to [0, 1], normalise by mean/std — and :meth:`Preprocessing.prepare` returns a
 :class:`Prepared`: the tensor, the original picture and the ``box`` of the original the tensor
 covers, so a heatmap computed on the tensor can be laid back onto the original at its own size.
+
+Torch is imported only to make the tensor: :meth:`Preprocessing.to_array` (numpy) is what processes
+that only decode use (a batch job's decode tasks), and they never import it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
-from torch import Tensor
 
 from saliency.errors import ImageError, InputError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
 
 _RESAMPLING = {
     "nearest": Image.Resampling.NEAREST,
@@ -71,6 +77,7 @@ class Preprocessing:
 
     ``resize=None`` resizes the shorter side straight to ``crop``. ``channels``: 3 (RGB) or 1
     (grayscale). ``mean``/``std`` hold one value per channel, applied after scaling to [0, 1].
+    ``dtype``: the tensor's (default float32, the array's).
     """
 
     crop: int
@@ -79,7 +86,7 @@ class Preprocessing:
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     channels: int = 3
     interpolation: str = "bilinear"
-    dtype: torch.dtype = field(default=torch.float32)
+    dtype: torch.dtype | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.crop <= MAX_INPUT_SIZE:
@@ -104,6 +111,14 @@ class Preprocessing:
 
     def prepare(self, image: Image.Image) -> Prepared:
         """The model input for ``image`` (an upright PIL picture; converted to RGB if needed)."""
+        import torch
+
+        array, original, box = self.to_array(image)
+        tensor = torch.from_numpy(array[None])
+        return Prepared(tensor=tensor if self.dtype is None else tensor.to(self.dtype), image=original, box=box)
+
+    def to_array(self, image: Image.Image) -> tuple[np.ndarray, Image.Image, Box]:
+        """:meth:`prepare` in numpy: the input ``[C, H, W]`` as float32, the RGB original, and the box."""
         if not isinstance(image, Image.Image):
             raise ImageError(f"expected a PIL image, got {type(image).__name__}; "
                              "decode files with saliency.images.open_image")
@@ -124,11 +139,12 @@ class Preprocessing:
         # thread, and a batch job prepares pictures in many threads at once
         array = np.asarray(pixels, dtype=np.float32).reshape(self.crop, self.crop, self.channels)
         normalised = (array / np.float32(255.0) - np.float32(self.mean)) / np.float32(self.std)
-        x = torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1))[None]).to(self.dtype)
-        return Prepared(tensor=x, image=original, box=box)
+        return np.ascontiguousarray(normalised.transpose(2, 0, 1)), original, box
 
     def prepare_many(self, images: Sequence[Image.Image]) -> tuple[Tensor, list[Prepared]]:
         """A batch ``[B, C, H, W]`` and the :class:`Prepared` of each picture, in order."""
+        import torch
+
         if len(images) == 0:
             raise InputError("no images to prepare; pass at least one")
         prepared = [self.prepare(image) for image in images]
@@ -136,6 +152,8 @@ class Preprocessing:
 
     def unnormalise(self, tensor: Tensor) -> Tensor:
         """Invert the normalisation: a ``[.., C, H, W]`` model input back to [0, 1] pixels."""
+        import torch
+
         mean = torch.tensor(self.mean, dtype=tensor.dtype, device=tensor.device)[:, None, None]
         std = torch.tensor(self.std, dtype=tensor.dtype, device=tensor.device)[:, None, None]
         return (tensor * std + mean).clamp(0.0, 1.0)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -389,3 +390,28 @@ def test_the_local_engine_says_what_its_driving_thread_waits_for(tmp_path, image
     shards = 3
     assert entered["decode"] == entered["explain"] == shards and entered["write"] >= shards
     assert set(entered) == {"decode", "explain", "write"}
+
+
+def test_the_decode_stage_gives_the_pipelines_input_in_a_process_that_never_imports_torch(tmp_path, images, demo):
+    """Ray's decode tasks (and the local engine's decoding processes) run this stage only: no torch there."""
+    from saliency.batch.decoding import decode
+    from saliency.batch.sources import Source
+    from saliency.pipeline import prepare
+
+    picture = str(images[0])
+    decoded = decode(Source(picture), demo.preprocessing)
+    assert np.array_equal(decoded.tensor, prepare(demo, picture).tensor[0].numpy())
+    code = f"""
+import pickle, sys
+import pyarrow as pa
+from saliency.batch.decoding import decode_table, from_row
+preprocessing = pickle.loads({pickle.dumps(demo.preprocessing)!r})
+table = pa.table({{"source": [{picture!r}, "missing.jpg"], "data": [None, None], "image": [7, 8]}})
+out = decode_table(table, preprocessing, 10**6)
+print(from_row(out.to_pylist()[0]).tensor.tobytes().hex(), out.column("error").to_pylist()[1] is not None,
+      out.column("image").to_pylist() == [7, 8], "torch" in sys.modules)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    pixels, *checks = result.stdout.split()
+    assert bytes.fromhex(pixels) == decoded.tensor.tobytes()
+    assert checks == ["True", "True", "False"]  # the missing file is an error row, "image" came along, no torch

@@ -16,7 +16,8 @@ import torch
 
 from saliency.batch.sources import Source
 from saliency.batch.store import Store
-from saliency.batch.work import Decoded, JobSpec, Rows, decode_all, explain_decoded, write_pictures
+from saliency.batch.decoding import Decoded, decode_all
+from saliency.batch.work import JobSpec, Rows, explain_decoded, write_pictures
 from saliency.errors import OptionError
 from saliency.models import LoadedModel
 from saliency.pipeline import Stage, no_stage

@@ -1,6 +1,6 @@
 """The Ray Data engine: decode as CPU tasks, explain in an actor pool that holds the driver's model.
 
-Thin glue: the stages are :func:`~saliency.batch.work.decode` and
+Thin glue: the stages are :func:`~saliency.batch.decoding.decode` (in tasks that never import torch) and
 :func:`~saliency.batch.work.explain_decoded`, as in the local engine. The driver's loaded model
 goes to every actor through Ray's object store: all actors explain with the same weights (also
 random or factory-initialised ones), and worker nodes need neither the weights file nor the
@@ -18,12 +18,11 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from saliency.batch.local import Progress
 from saliency.batch.sources import Source
 from saliency.batch.store import Store
-from saliency.batch.work import Decoded, JobSpec, decode_all, explain_decoded, write_pictures
+from saliency.batch.decoding import decode_table, from_row
+from saliency.batch.work import JobSpec, explain_decoded, write_pictures
 from saliency.errors import SaliencyError
 from saliency.memory import malloc_environment, reuse_freed_memory
 from saliency.models import LoadedModel
@@ -143,23 +142,6 @@ def _shared_model(ray: Any, loaded: LoadedModel) -> list[Any]:
         return []
 
 
-def decode_table(table: Any, preprocessing: Any, max_pixels: int) -> Any:
-    """Ray task: a table of sources → a table of model inputs (raw float32 bytes) or errors."""
-    import pyarrow as pa
-
-    sources = [Source(s, d) for s, d in zip(table.column("source").to_pylist(), table.column("data").to_pylist())]
-    rows = decode_all(sources, preprocessing, max_pixels)
-    return pa.table({
-        "source": [r.source for r in rows],
-        "pixels": pa.array([None if r.tensor is None else r.tensor.tobytes() for r in rows], pa.binary()),
-        "shape": pa.array([None if r.tensor is None else list(r.tensor.shape) for r in rows], pa.list_(pa.int32())),
-        "width": pa.array([r.width for r in rows], pa.int32()),
-        "height": pa.array([r.height for r in rows], pa.int32()),
-        "box": pa.array([list(r.box) for r in rows], pa.list_(pa.int32())),
-        "error": pa.array([r.error for r in rows], pa.string()),
-    })
-
-
 class _Explainer:
     """Ray actor: loads the model once, then explains and writes one shard per call."""
 
@@ -178,7 +160,7 @@ class _Explainer:
     def __call__(self, table: Any) -> Any:
         import pyarrow as pa
 
-        decoded = [_decoded(row) for row in table.to_pylist()]
+        decoded = [from_row(row) for row in table.to_pylist()]
         rows = explain_decoded(self.loaded, decoded, self.spec, self.classes)
         write_pictures(rows.rows, self.spec, self.loaded.name)
         self.store.write(rows.rows)
@@ -187,9 +169,3 @@ class _Explainer:
         return pa.table({"source": sources, "failed": [s in failed for s in sources],
                          "explained": [0 if s in failed else 1 for s in sources]})
 
-
-def _decoded(row: dict) -> Decoded:
-    if row["error"] is not None:
-        return Decoded(row["source"], error=row["error"])
-    tensor = np.frombuffer(row["pixels"], dtype=np.float32).reshape(row["shape"]).copy()
-    return Decoded(row["source"], tensor, row["width"], row["height"], tuple(row["box"]))

@@ -1,4 +1,5 @@
-"""The two stages of a batch job, the same in every engine: decode a source, explain decoded images into rows."""
+"""What a batch job computes, and its model stage, the same in every engine: explain decoded images into rows
+(the decode stage is :mod:`saliency.batch.decoding`)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from saliency.batch.sources import Source
-from saliency.errors import SaliencyError
+from saliency.batch.decoding import Decoded
 from saliency.images import MAX_PIXELS
 from saliency.models import LoadedModel, load_model
 from saliency.names import slug
-from saliency.pipeline import (Classes, Explained, Finish, prepare, render, start_explaining, target_label,
-                               target_of)
-from saliency.preprocess import Prepared, Preprocessing
+from saliency.pipeline import Classes, Explained, Finish, render, start_explaining, target_label, target_of
+from saliency.preprocess import Prepared
 from saliency.render import DEFAULT_ALPHA, DEFAULT_CMAP, DEFAULT_PERCENTILE, save_png
 
 TOP_PREDICTIONS = 5
@@ -72,35 +71,9 @@ class JobSpec:
         return Classes(fixed=tuple(target_of(loaded, t) for t in self.targets), topk=self.topk)
 
 
-@dataclass
-class Decoded:
-    """One source ready for the model: its input ``tensor`` ``[C, H, W]`` (float32), or the ``error`` that stopped it."""
-
-    source: str
-    tensor: np.ndarray | None = None
-    width: int = 0
-    height: int = 0
-    box: tuple[int, int, int, int] = (0, 0, 0, 0)
-    error: str | None = None
-
-    def prepared(self) -> Prepared:
-        """The pipeline's view of it (the original picture is not carried: pictures are drawn as heatmaps)."""
-        return Prepared(tensor=torch.from_numpy(self.tensor)[None], image=None, box=self.box)
-
-
-def decode(source: Source, preprocessing: Preprocessing, max_pixels: int = MAX_PIXELS) -> Decoded:
-    """Read, decode and prepare one source; any problem with it becomes its one-line ``error``."""
-    try:
-        prepared = prepare(preprocessing, source.read(), max_pixels=max_pixels)
-    except SaliencyError as exc:
-        return Decoded(source.id, error=str(exc))
-    width, height = prepared.image.size
-    return Decoded(source.id, prepared.tensor[0].numpy(), width, height, tuple(int(v) for v in prepared.box))
-
-
-def decode_all(sources: Sequence[Source], preprocessing: Preprocessing, max_pixels: int = MAX_PIXELS) -> list[Decoded]:
-    """:func:`decode` for each source, in order (one call of a decoding process)."""
-    return [decode(s, preprocessing, max_pixels) for s in sources]
+def prepared(decoded: Decoded) -> Prepared:
+    """The pipeline's view of a decoded source (the original picture is not carried: pictures are drawn as heatmaps)."""
+    return Prepared(tensor=torch.from_numpy(decoded.tensor)[None], image=None, box=decoded.box)
 
 
 @dataclass
@@ -125,7 +98,7 @@ def explain_decoded(loaded: LoadedModel, decoded: Sequence[Decoded], spec: JobSp
     for start in range(0, len(good), spec.batch_size):
         chunk = good[start:start + spec.batch_size]
         # the next batch is queued before the last is finished: a GPU explains it while its rows are made
-        queued.append((chunk, start_explaining(loaded, [d.prepared() for d in chunk], spec.methods, classes, options)))
+        queued.append((chunk, start_explaining(loaded, [prepared(d) for d in chunk], spec.methods, classes, options)))
         if len(queued) > 1:
             _add_rows(out, *queued.pop(0), loaded.labels, spec)
     for chunk, finish in queued:
