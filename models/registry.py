@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from saliency.errors import ModelOutputError, SaliencyError, TargetError, UnknownModelError, WeightsError
 from saliency.models import custom, demo, zoo
 from saliency.models.shapes import CLASSES
-from saliency.models.weights import RANDOM, apply_state_dict, read_state_dict
+from saliency.models.weights import RANDOM, RANDOM_SEED, apply_state_dict, random_phrase, read_state_dict, seeded
 from saliency.preprocess import Prepared, Preprocessing
 
 DEFAULT_MODEL = "demo"
@@ -73,8 +73,9 @@ class Prediction:
 class LoadedModel:
     """A classifier ready to explain: the module (eval mode), its labels and its preprocessing.
 
-    ``weights`` says where the parameters came from (a file, or random initialisation). The module
-    may be shared between threads: :func:`saliency.explain` leaves it untouched.
+    ``weights`` says where the parameters came from (a file, or random initialisation);
+    ``weights_file`` is the absolute path of the state-dict file they were read from (``""`` when
+    none was). The module may be shared between threads: :func:`saliency.explain` leaves it untouched.
     """
 
     name: str
@@ -83,6 +84,7 @@ class LoadedModel:
     preprocessing: Preprocessing
     description: str = ""
     weights: str = ""
+    weights_file: str = ""
     _lookup: dict[str, list[int]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -173,14 +175,16 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | os.PathLike | None = No
                labels: str | os.PathLike | Sequence[str] | None = None, input_size: int | None = None,
                resize: int | None = None, mean: float | Sequence[float] | None = None,
                std: float | Sequence[float] | None = None, channels: int | None = None,
-               download: bool | None = None, device: str | torch.device | None = None) -> LoadedModel:
+               download: bool | None = None, device: str | torch.device | None = None,
+               seed: int = RANDOM_SEED) -> LoadedModel:
     """Load a classifier by name and return it with its labels and preprocessing.
 
     ``name``: ``"demo"`` (default), a torchvision architecture (``"resnet50"``) or an import path
     ``"package.module:factory"``. ``weights``: a state-dict file (loaded with ``weights_only=True``),
-    ``"random"`` for random initialisation, a torchvision weights name, or ``None`` for the default
-    (bundled file / torchvision cache or download). ``labels`` (a text file with one name per line,
-    or a list), ``input_size``/``resize``/``mean``/``std``/``channels`` override the preprocessing
+    ``"random"`` for random initialisation (drawn from ``seed``, without touching the caller's
+    RNG: the same network in every process and run), a torchvision weights name, or ``None`` for
+    the default (bundled file / torchvision cache or download). ``labels`` (a text file with one
+    name per line, or a list), ``input_size``/``resize``/``mean``/``std``/``channels`` override the preprocessing
     and class names (needed for your own model; defaults: 224, ImageNet mean/std, RGB).
     ``download=False`` (or ``SALIENCY_OFFLINE=1``) never touches the network.
     """
@@ -191,15 +195,15 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | os.PathLike | None = No
     label_names = custom.read_labels(labels) if labels is not None else None
     overrides = {"crop": input_size, "resize": resize, "mean": mean, "std": std, "channels": channels}
     if name in BUNDLED:
-        loaded = _load_bundled(name, weights, label_names)
+        loaded = _load_bundled(name, weights, label_names, seed)
     elif custom.is_spec(name):
         loaded = _load_custom(name, weights, label_names, overrides)
     elif zoo.is_name(name):
-        module, chosen, source = zoo.load(name, weights, download=download,
-                                          num_classes=len(label_names) if label_names else None)
+        module, chosen, source, file = zoo.load(name, weights, download=download,
+                                                num_classes=len(label_names) if label_names else None, seed=seed)
         loaded = LoadedModel(name=name.lower(), module=module, labels=label_names or chosen.labels,
                              preprocessing=chosen.preprocessing, description=chosen.description,
-                             weights=source)
+                             weights=source, weights_file=file)
     else:
         raise UnknownModelError(_unknown(name))
     resized = _with_preprocessing(loaded, overrides)
@@ -230,30 +234,33 @@ def _check_input_size(loaded: LoadedModel) -> None:
         module.train(training)
 
 
-def _load_bundled(name: str, weights: str | os.PathLike | None, label_names: tuple[str, ...] | None) -> LoadedModel:
+def _load_bundled(name: str, weights: str | os.PathLike | None, label_names: tuple[str, ...] | None,
+                  seed: int = RANDOM_SEED) -> LoadedModel:
     entry = BUNDLED[name]
     labels = label_names or entry.labels
-    module = entry.build(len(labels))
     path = entry.weights if weights is None else os.fspath(weights)
     if path.lower() == RANDOM:
-        source = "random initialisation"
+        with seeded(seed):
+            module = entry.build(len(labels))
+        source, file = random_phrase(seed), ""
     else:
+        module = entry.build(len(labels))
         if weights is None and not os.path.isfile(path):
             raise WeightsError(f"the bundled weights of '{name}' are missing at '{path}'; reinstall the "
                                "package or retrain them with: saliency train-demo")
         apply_state_dict(module, read_state_dict(path), source=f"file '{path}'", model=name)
-        source = f"file '{path}'"
+        source, file = f"file '{path}'", os.path.abspath(path)
     return LoadedModel(name=name, module=module.eval(), labels=labels, preprocessing=entry.preprocessing,
-                       description=entry.description, weights=source)
+                       description=entry.description, weights=source, weights_file=file)
 
 
 def _load_custom(spec: str, weights: str | os.PathLike | None, label_names: tuple[str, ...] | None,
                  overrides: dict[str, object]) -> LoadedModel:
     module = custom.build(spec, num_classes=len(label_names) if label_names else None)
-    source = "the factory's own parameters"
+    source, file = "the factory's own parameters", ""
     if weights is not None and os.fspath(weights).lower() != RANDOM:
         apply_state_dict(module, read_state_dict(weights), source=f"file '{os.fspath(weights)}'", model=spec)
-        source = f"file '{os.fspath(weights)}'"
+        source, file = f"file '{os.fspath(weights)}'", os.path.abspath(weights)
     module.eval()
     crop = int(overrides["crop"] or 224)
     preprocessing = Preprocessing(crop=crop, resize=max(crop, int(overrides["resize"] or crop)))
@@ -264,7 +271,7 @@ def _load_custom(spec: str, weights: str | os.PathLike | None, label_names: tupl
                                f"{classes} scores; pass the labels file that goes with the model")
     labels = label_names or tuple(f"class {i}" for i in range(classes))
     return LoadedModel(name=spec, module=module, labels=labels, preprocessing=preprocessing,
-                       description=f"custom model {spec}", weights=source)
+                       description=f"custom model {spec}", weights=source, weights_file=file)
 
 
 def _count_outputs(module: nn.Module, preprocessing: Preprocessing, spec: str) -> int:
@@ -305,7 +312,8 @@ def _with_preprocessing(loaded: LoadedModel, overrides: dict[str, object]) -> Lo
     if preprocessing == loaded.preprocessing:
         return loaded
     return LoadedModel(name=loaded.name, module=loaded.module, labels=loaded.labels,
-                       preprocessing=preprocessing, description=loaded.description, weights=loaded.weights)
+                       preprocessing=preprocessing, description=loaded.description, weights=loaded.weights,
+                       weights_file=loaded.weights_file)
 
 
 def _unknown(name: str) -> str:

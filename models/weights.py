@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import re
+import threading
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -16,6 +19,8 @@ from saliency.errors import WeightsError
 
 RANDOM = "random"
 """``weights="random"``: keep the architecture's random initialisation (tests, benchmarks)."""
+RANDOM_SEED = 0
+"""The seed ``weights="random"`` draws from: the same network in every process and run."""
 OFFLINE_ENV = "SALIENCY_OFFLINE"
 """Set to 1 (or true/yes) to forbid weight downloads."""
 
@@ -27,6 +32,38 @@ def downloads_allowed(download: bool | None = None) -> bool:
     if download is not None:
         return bool(download)
     return os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("1", "true", "yes", "on")
+
+
+_SEEDING = threading.RLock()  # one seeded build at a time: another's draws would change this one's parameters
+
+
+@contextmanager
+def seeded(seed: int = RANDOM_SEED) -> Iterator[None]:
+    """Draws from torch's CPU generator inside come from ``seed``; the caller's state is restored after.
+
+    ``weights="random"`` builds its module inside, so random initialisation gives the same
+    parameters in every process and run, and loading a model does not move the caller's RNG.
+    """
+    with _SEEDING, torch.random.fork_rng(devices=[]):  # the CPU generator only: modules are built there
+        torch.default_generator.manual_seed(seed)  # not torch.manual_seed: it would also queue CUDA's seeding
+        yield
+
+
+def random_phrase(seed: int = RANDOM_SEED) -> str:
+    """How a loaded model's ``weights`` names ``weights="random"`` drawn from ``seed``."""
+    return "random initialisation" if seed == RANDOM_SEED else f"random initialisation (seed {seed})"
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """``"sha256:<hex>"`` of the file's bytes: what identifies a weights file however its path is spelt."""
+    try:
+        digest = hashlib.sha256()
+        with open(path, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+        return "sha256:" + digest.hexdigest()
+    except OSError as exc:
+        raise WeightsError(f"cannot read weights file '{os.fspath(path)}': {exc.strerror or exc}") from None
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:

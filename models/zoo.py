@@ -20,7 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from saliency.errors import WeightsError
-from saliency.models.weights import RANDOM, apply_state_dict, downloads_allowed, read_state_dict
+from saliency.models.weights import (RANDOM, RANDOM_SEED, apply_state_dict, downloads_allowed, random_phrase,
+                                     read_state_dict, seeded)
 from saliency.preprocess import Preprocessing
 
 if TYPE_CHECKING:
@@ -105,30 +106,33 @@ def is_weights_name(name: str, which: str) -> bool:
 
 
 def load(name: str, weights: str | os.PathLike | None = None, *, download: bool | None = None,
-         num_classes: int | None = None) -> tuple[nn.Module, ZooWeights, str]:
+         num_classes: int | None = None, seed: int = RANDOM_SEED) -> tuple[nn.Module, ZooWeights, str, str]:
     """Build ``name`` and load its weights; returns the module (eval mode), its :class:`ZooWeights`
-    (preprocessing, labels) and a phrase saying where the weights came from.
+    (preprocessing, labels), a phrase saying where the weights came from and the absolute path of
+    the file they were read from (``""`` for random initialisation).
 
     ``weights``: ``None`` / ``"DEFAULT"`` / a weights name (cache, else download), a file path, or
-    ``"random"``. ``num_classes`` (default: the ImageNet 1000) sizes the head for fine-tuned files.
+    ``"random"`` (drawn from ``seed``: the same network every time). ``num_classes`` (default: the
+    ImageNet 1000) sizes the head for fine-tuned files.
     """
     arch = name.lower()
     text = None if weights is None else os.fspath(weights)
     if text is not None and text.lower() == RANDOM:
         chosen = weights_for(arch)
-        module = _build(arch, chosen, num_classes, pretrained=False, aux=False)
-        return module.eval(), chosen, "random initialisation"
+        with seeded(seed):
+            module = _build(arch, chosen, num_classes, pretrained=False, aux=False)
+        return module.eval(), chosen, random_phrase(seed), ""
     if text is not None and not is_weights_name(arch, text) and not os.path.exists(text) \
             and re.fullmatch(r"\w+", text):
         weights_for(arch, text)  # raises: neither a file nor one of the architecture's weights names
     if text is not None and not is_weights_name(arch, text):
         chosen = weights_for(arch)
         state = read_state_dict(text)
-        source = f"file '{text}'"
+        source, file = f"file '{text}'", text
     else:
         chosen = weights_for(arch, text)
         state = _cached_or_downloaded(chosen, download)
-        source = f"file '{chosen.cache_path}'"
+        source, file = f"file '{chosen.cache_path}'", chosen.cache_path
     if arch.startswith("densenet"):
         state = _renamed_densenet_keys(state)
     aux = any(k.startswith(_AUX_PREFIXES.get(arch, ("\0",))) for k in state)
@@ -136,7 +140,7 @@ def load(name: str, weights: str | os.PathLike | None = None, *, download: bool 
     apply_state_dict(module, state, source=source, model=arch)
     if aux:
         _drop_aux(module, arch)
-    return module.eval(), chosen, source
+    return module.eval(), chosen, source, os.path.abspath(file)
 
 
 def _cached_or_downloaded(chosen: ZooWeights, download: bool | None) -> dict[str, Tensor]:

@@ -16,6 +16,7 @@ import torch
 from saliency.batch.decoding import Decoded
 from saliency.images import MAX_PIXELS
 from saliency.models import LoadedModel, load_model
+from saliency.models.weights import file_digest
 from saliency.names import slug
 from saliency.pipeline import Classes, Explained, Finish, render, start_explaining, target_label, target_of
 from saliency.preprocess import Prepared
@@ -61,7 +62,7 @@ class JobSpec:
 
     def describe(self, loaded: LoadedModel) -> dict[str, Any]:
         """What identifies the job's results (``_job.json``): a rerun must match it to resume."""
-        return {"model": loaded.name, "weights": loaded.weights or self.weights, "methods": list(self.methods),
+        return {"model": loaded.name, "weights": _weights_record(loaded, self.weights), "methods": list(self.methods),
                 "options": dict(self.options), "targets": list(self.targets),
                 "topk": None if self.targets else self.topk, "reduce": self.reduce,
                 "input": list(loaded.preprocessing.shape)}
@@ -69,6 +70,19 @@ class JobSpec:
     def classes(self, loaded: LoadedModel) -> Classes:
         """The class choice for ``loaded`` (labels resolved to indices, unit strings to units)."""
         return Classes(fixed=tuple(target_of(loaded, t) for t in self.targets), topk=self.topk)
+
+
+def _weights_record(loaded: LoadedModel, given: str | os.PathLike | None) -> str | None:
+    """The job record's weights: a file by its content (``"sha256:<hex>"``, read once as the job starts), so
+    the same file under any path resumes the job and another file of the same name does not; else the
+    model's own phrase (``"random initialisation"``: the same network every run) or the value given."""
+    if loaded.weights_file:
+        return file_digest(loaded.weights_file)
+    if loaded.weights:
+        return loaded.weights
+    if given is not None and os.path.isfile(given):  # an already loaded model, with its weights file named
+        return file_digest(given)
+    return None if given is None else os.fspath(given)
 
 
 def prepared(decoded: Decoded) -> Prepared:

@@ -52,8 +52,6 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Check the names first (fast errors), then load the model, run the checks, print and write."""
-    import torch
-
     from saliency.evaluation.checks import resolve_checks
     from saliency.evaluation.report import text_report, write_all
     from saliency.evaluation.runner import evaluate
@@ -65,9 +63,7 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.out, folder=True)
     device = _device(args.device)
     set_threads(args)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(args.seed)  # --weights random: the same network for the same seed
-        loaded = load_model(args.model, weights=args.weights, device=device)
+    loaded = load_model(args.model, weights=args.weights, device=device, seed=args.seed)  # --weights random
     print(f"model {loaded.name} ({loaded.weights}); {args.n_images} shapes images, seed {args.seed}", flush=True)
     evaluation = evaluate(loaded, methods, checks, n_images=args.n_images, seed=args.seed,
                           progress=sys.stderr.isatty())
