@@ -181,7 +181,7 @@ def test_sources_from_lists_csv_globs_parquet_paths_and_bytes(tmp_path, images):
                                          str(tmp_path / "paths.parquet"), str(tmp_path / "bytes.parquet"),
                                          str(tmp_path / "hf"), str(tmp_path / "images" / "img00[7-8].png"),
                                          f"file://{images[9]}", str(images[0])])]
-    assert found == [str(p) for p in images[:5]] + [f"{tmp_path / 'bytes.parquet'}#0", f"{tmp_path / 'hf'}#0"] + \
+    assert found == [str(p) for p in images[:5]] + [f"{tmp_path / 'bytes.parquet'}#0", f"{tmp_path / 'hf' / 'train-0.parquet'}#0"] + \
         [str(images[7]), str(images[8]), f"file://{images[9]}"]
     summary = explain_dataset([str(tmp_path / "bytes.parquet"), str(tmp_path / "hf"), f"file://{images[9]}"],
                               str(tmp_path / "out"))
@@ -189,7 +189,7 @@ def test_sources_from_lists_csv_globs_parquet_paths_and_bytes(tmp_path, images):
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (["/no/such/folder/*.png"], "no file matches"),
+    (["/no/such/folder/*.png"], "no image file matches"),
     (["{tmp}/empty"], "holds no image files"),
     (["{tmp}/missing.txt"], "does not exist"),
     (["{tmp}/plain.parquet"], "neither a 'path' column"),

@@ -34,7 +34,7 @@ def test_a_run_prints_a_summary_and_fails_when_a_source_failed(tmp_path, capsys)
     assert rows(tmp_path / "out").num_rows == 3 * 2 + 1
     code, out, _ = run(capsys, "batch", str(tmp_path / "images"), "--out", str(tmp_path / "out"),
                        "--method", "guided", "--topk", "2")
-    assert (code, "0 images explained, 0 failed, 4 already in" in out) == (0, True)
+    assert (code, "0 images explained, 0 failed, 4 already in" in out) == (1, True)  # the failure is still there
 
 
 def test_targets_by_label_and_max_abs(tmp_path, capsys):
@@ -71,7 +71,7 @@ def test_malformed_flags_are_argparse_errors(tmp_path, capsys, argv, message):
 
 def test_sources_that_name_nothing_are_one_error_line(tmp_path, capsys):
     code, _, err = run(capsys, "batch", str(tmp_path / "none" / "*.png"), "--out", str(tmp_path / "out"))
-    assert code == 1 and err.strip() == f"saliency: error: no file matches '{tmp_path / 'none' / '*.png'}'; check the pattern"
+    assert code == 1 and err.strip() == f"saliency: error: no image file matches '{tmp_path / 'none' / '*.png'}'; check the pattern"
 
 
 def test_the_ray_engine_without_ray_says_how_to_install_it(tmp_path):

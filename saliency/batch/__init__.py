@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from saliency.batch.sources import Source, SourceError, list_sources
+from saliency.batch.sources import Source, SourceError, list_sources, source_key
 from saliency.batch.store import Store, StoreError
 from saliency.errors import OptionError
 from saliency.images import MAX_PIXELS
@@ -49,10 +49,13 @@ class Summary:
     skipped: int = 0
     missing: list[str] = field(default_factory=list)
     """Sources this run should have written but DEST lacks (a worker was lost): a rerun finishes them."""
+    failed_before: list[str] = field(default_factory=list)
+    """Sources already in DEST with an error row (not retried; see docs/batch.md)."""
 
     @property
     def ok(self) -> bool:
-        return not self.failed and not self.missing
+        """Every source listed has its maps in DEST: none failed, now or before, and none is missing."""
+        return not self.failed and not self.missing and not self.failed_before
 
 
 def explain_dataset(sources: Sequence[str], out: str, *, model: str | LoadedModel = "demo",
@@ -87,12 +90,13 @@ def explain_dataset(sources: Sequence[str], out: str, *, model: str | LoadedMode
     from saliency.pipeline import check_units
 
     check_units(loaded, spec.classes(loaded).fixed)  # a unit the model lacks fails here too
+    listed = list(list_sources(sources, exclude=(out, png)))  # a bad SOURCE fails here, before DEST is touched
     store = Store(os.fspath(out), spec.describe(loaded))
     store.open()
-    done = store.done()
-    listed = list(list_sources(sources))
-    todo = [s for s in listed if s.id not in done]
-    summary = Summary(skipped=len(listed) - len(todo))
+    recorded = {source_key(source): failed for source, failed in store.recorded().items()}
+    todo = [s for s in listed if source_key(s.id) not in recorded]
+    summary = Summary(skipped=len(listed) - len(todo),
+                      failed_before=[s.id for s in listed if recorded.get(source_key(s.id))])
     counts = [0, 0]
 
     def report(images: int, failed: int) -> None:
@@ -107,8 +111,8 @@ def explain_dataset(sources: Sequence[str], out: str, *, model: str | LoadedMode
 
         summary.explained, summary.failed = run_ray(spec, loaded, todo, store, shard_size, report,
                                                     workers=workers, gpus_per_worker=gpus_per_worker, address=address)
-        written = store.done()  # a shard lost with a node that Ray did not retry (a local run raises instead)
-        summary.missing = [s.id for s in todo if s.id not in written]
+        written = {source_key(s) for s in store.done()}  # a shard lost with a node Ray did not retry
+        summary.missing = [s.id for s in todo if source_key(s.id) not in written]
     else:
         from saliency.batch.local import run_local
         from saliency.pipeline import no_stage

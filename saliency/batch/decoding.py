@@ -39,6 +39,10 @@ def decode(source: Source, preprocessing: Preprocessing, max_pixels: int = MAX_P
         array, original, box = preprocessing.to_array(open_image(source.read(), max_pixels=max_pixels))
     except SaliencyError as exc:
         return Decoded(source.id, error=str(exc))
+    except (MemoryError, RecursionError):
+        raise
+    except Exception as exc:  # a decoder's own failure on a hostile file: that source's error, not the job's end
+        return Decoded(source.id, error=f"cannot decode image {source.id!r}: {type(exc).__name__}: {exc}")
     width, height = original.size
     return Decoded(source.id, array, width, height, tuple(int(v) for v in box))
 

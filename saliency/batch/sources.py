@@ -8,6 +8,7 @@ import io
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from saliency.errors import ImageError, SaliencyError
 
@@ -45,50 +46,67 @@ class Source:
         return self.id
 
 
-def list_sources(arguments: Sequence[str]) -> Iterator[Source]:
-    """Every image the SOURCE arguments name, in order, each once.
+def list_sources(arguments: Sequence[str], exclude: Sequence[str | os.PathLike | None] = ()) -> Iterator[Source]:
+    """Every image the SOURCE arguments name, in order, each once (however its path is spelt).
 
-    A folder gives its image files recursively (``*.mask.*`` skipped); a glob its matches; a
-    ``.txt`` / ``.lst`` file one path per line (``#`` starts a comment); a ``.csv`` file the
-    ``path`` column (else the first); a Parquet file or folder of them its ``path`` column or its
-    image bytes (a binary column named image/bytes/data/content, or a struct with a ``bytes``
-    field, as Hugging Face datasets store images). ``scheme://`` URIs go through pyarrow's
-    filesystems (``s3://``, ``gs://``, …, where installed). A file that does not exist is not an
-    error here: it becomes the job's error row for that source.
+    A folder gives its image files recursively (hidden files and folders and ``*.mask.*`` skipped,
+    symbolic links to folders not followed); a glob its matching image files (or, for a pattern
+    ending in ``.parquet`` / ``.txt`` / ``.csv`` / ``.lst``, the files it matches read as such); a
+    ``.txt`` / ``.lst`` file one path per line (a line starting with ``#`` is a comment); a ``.csv``
+    file the ``path`` column (else the first); a Parquet file or folder of them its ``path`` column
+    or its image bytes (a binary column named image/bytes/data/content, or a struct with a
+    ``bytes`` field, as Hugging Face datasets store images), each row then named ``FILE#ROW``.
+    ``scheme://`` URIs go through pyarrow's filesystems (``s3://``, ``gs://``, …, where installed).
+    Folders in ``exclude`` (the job's own outputs) are never scanned. A listed image file that does
+    not exist is not an error here: it becomes the job's error row for that source.
     """
     if not arguments:
         raise SourceError("no SOURCE given; pass image files, folders, globs, list files or Parquet files")
+    skip = frozenset(_key(os.fspath(p)) for p in exclude if p and not _is_uri(os.fspath(p)))
     seen: set[str] = set()
     for argument in arguments:
-        for source in _expand(argument):
-            if source.id not in seen:
-                seen.add(source.id)
+        for source in _expand(argument, skip):
+            key = source_key(source.id)
+            if key not in seen:
+                seen.add(key)
                 yield source
 
 
-def _expand(argument: str) -> Iterator[Source]:
+def source_key(identity: str) -> str:
+    """What makes two sources the same: a local path's absolute, normalised form (``./a.png`` is ``a.png``),
+    a URI as written."""
+    return identity if _is_uri(identity) else _key(identity)
+
+
+def _key(path: str) -> str:
+    return os.path.normcase(os.path.abspath(path))
+
+
+def _expand(argument: str, skip: frozenset[str]) -> Iterator[Source]:
     if _is_uri(argument):
         yield from _expand_uri(argument)
         return
     if glob.has_magic(argument) and not os.path.exists(argument):
-        matches = sorted(glob.glob(argument, recursive=True))
+        tables = argument.lower().endswith(PARQUET_SUFFIXES + LIST_SUFFIXES)
+        matches = [m for m in sorted(glob.glob(argument, recursive=True))
+                   if os.path.isfile(m) and not _inside(m, skip) and (tables or _looks_like_image(m))]
         if not matches:
-            raise SourceError(f"no file matches {argument!r}; check the pattern")
+            raise SourceError(f"no {'file' if tables else 'image file'} matches {argument!r}; check the pattern")
         for match in matches:
-            yield from _expand_path(match, from_glob=True)
+            yield from _expand_path(match, skip) if tables else [Source(match)]
         return
-    yield from _expand_path(argument, from_glob=False)
+    yield from _expand_path(argument, skip)
 
 
-def _expand_path(path: str, from_glob: bool) -> Iterator[Source]:
+def _expand_path(path: str, skip: frozenset[str]) -> Iterator[Source]:
     lower = path.lower()
     if os.path.isdir(path):
-        images = sorted(_images_under(path))
+        images = sorted(_files_under(path, skip, _looks_like_image))
         if images:
             yield from (Source(p) for p in images)
-        elif _parquet_files_under(path):
+        elif _files_under(path, skip, _is_parquet_name):
             yield from _from_parquet(path)
-        elif not from_glob:
+        else:
             raise SourceError(f"folder '{path}' holds no image files ({', '.join(IMAGE_SUFFIXES)}) "
                               "and no Parquet files")
     elif lower.endswith(PARQUET_SUFFIXES):
@@ -96,23 +114,28 @@ def _expand_path(path: str, from_glob: bool) -> Iterator[Source]:
         yield from _from_parquet(path)
     elif lower.endswith(LIST_SUFFIXES):
         _must_exist(path)
-        with open(path, newline="", encoding="utf-8") as handle:
-            yield from (Source(p) for p in _listed(handle, lower.endswith(".csv"), path))
-    elif not from_glob or _looks_like_image(path):
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except OSError as exc:
+            raise SourceError(f"cannot read list file '{path}': {exc.strerror or exc}") from None
+        yield from (Source(p) for p in _listed(data, lower.endswith(".csv"), path))
+    else:
         yield Source(path)  # a missing image file becomes that source's error row
 
 
-def _images_under(folder: str) -> Iterator[str]:
+def _files_under(folder: str, skip: frozenset[str], wanted) -> list[str]:
+    """The files under ``folder`` that ``wanted(name)`` takes, hidden folders and those in ``skip`` left out."""
+    found = []
     for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        for name in files:
-            if _looks_like_image(name):
-                yield os.path.join(root, name)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and _key(os.path.join(root, d)) not in skip)
+        found.extend(os.path.join(root, name) for name in files if wanted(name))
+    return found
 
 
-def _parquet_files_under(folder: str) -> list[str]:
-    return [os.path.join(root, name) for root, _, files in os.walk(folder) for name in files
-            if name.lower().endswith(PARQUET_SUFFIXES) and not name.startswith((".", "_"))]
+def _inside(path: str, skip: frozenset[str]) -> bool:
+    key = _key(path)
+    return any(key.startswith(folder + os.sep) for folder in skip)
 
 
 def _looks_like_image(name: str) -> bool:
@@ -120,23 +143,35 @@ def _looks_like_image(name: str) -> bool:
     return base.lower().endswith(IMAGE_SUFFIXES) and ".mask." not in base and not base.startswith(".")
 
 
-def _listed(handle: io.TextIOBase, is_csv: bool, name: str) -> Iterator[str]:
-    if not is_csv:
-        for line in handle:
-            line = line.strip()
-            if line and not line.startswith("#"):
-                yield line
-        return
-    reader = csv.reader(handle)
+def _is_parquet_name(name: str) -> bool:
+    return name.lower().endswith(PARQUET_SUFFIXES) and not name.startswith((".", "_"))
+
+
+def _listed(data: bytes, is_csv: bool, name: str) -> list[str]:
+    """The paths a list file's bytes name (UTF-8, with or without a byte-order mark)."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SourceError(f"list file '{name}' is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    if is_csv:
+        paths = _csv_paths(text)
+    else:
+        paths = [line.strip() for line in text.splitlines()]
+        paths = [line for line in paths if line and not line.startswith("#")]
+    if not paths:
+        raise SourceError(f"list file '{name}' names no image paths")
+    return paths
+
+
+def _csv_paths(text: str) -> list[str]:
+    reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader, None)
     if header is None:
-        return
+        return []
     column = header.index("path") if "path" in header else 0
-    if "path" not in header and _looks_like_image(header[0]):  # no header row: the first line is a path
-        yield header[0]
-    for row in reader:
-        if len(row) > column and row[column].strip():
-            yield row[column].strip()
+    paths = [header[0].strip()] if "path" not in header and _looks_like_image(header[0].strip()) else []
+    paths += [row[column].strip() for row in reader if len(row) > column and row[column].strip()]
+    return paths
 
 
 def _from_parquet(location: str) -> Iterator[Source]:
@@ -145,10 +180,10 @@ def _from_parquet(location: str) -> Iterator[Source]:
 
     try:
         if _is_uri(location):
-            filesystem, path = _filesystem(location)
-            dataset = ds.dataset(path, filesystem=filesystem, format="parquet")
+            filesystem, root = _filesystem(location)
+            dataset = ds.dataset(root, filesystem=filesystem, format="parquet")
         else:
-            dataset = ds.dataset(location, format="parquet")
+            root, dataset = location, ds.dataset(location, format="parquet")
     except (OSError, pa.ArrowInvalid) as exc:
         raise SourceError(f"cannot read Parquet source '{location}': {exc}") from None
     schema = dataset.schema
@@ -157,20 +192,36 @@ def _from_parquet(location: str) -> Iterator[Source]:
     if data_column is None:
         data_column = next((f.name for f in schema if _holds_bytes(f)), None)
     has_path = "path" in schema.names
+    if has_path and not pa.types.is_string(schema.field("path").type) \
+            and not pa.types.is_large_string(schema.field("path").type):
+        raise SourceError(f"Parquet source '{location}': its 'path' column holds {schema.field('path').type}, "
+                          "not text")
     if data_column is None and not has_path:
         raise SourceError(f"Parquet source '{location}' has neither a 'path' column nor a column of image bytes "
                           f"(its columns: {', '.join(schema.names)})")
     columns = [c for c in ("path", data_column) if c is not None and (c == data_column or has_path)]
-    row = 0
-    for batch in dataset.to_batches(columns=columns, batch_size=256):
-        paths = batch.column("path").to_pylist() if has_path else [None] * batch.num_rows
-        datas = _bytes_of(batch.column(data_column)) if data_column else [None] * batch.num_rows
-        for path, data in zip(paths, datas):
-            identity = path if path else f"{location}#{row}"
-            row += 1
-            if data is None and not path:
-                continue
-            yield Source(identity, data)
+    try:
+        for fragment in sorted(dataset.get_fragments(), key=lambda f: f.path):
+            table = _child(location, root, fragment.path)
+            row = 0
+            for batch in fragment.to_batches(schema=schema, columns=columns, batch_size=256):
+                paths = batch.column("path").to_pylist() if has_path else [None] * batch.num_rows
+                datas = _bytes_of(batch.column(data_column)) if data_column else [None] * batch.num_rows
+                for path, data in zip(paths, datas):
+                    if data is not None or not path:
+                        yield Source(f"{table}#{row}", data or b"")  # a row with neither: an error row
+                    else:
+                        yield Source(path)
+                    row += 1
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise SourceError(f"cannot read Parquet source '{location}': {exc}") from None
+
+
+def _child(location: str, root: str, path: str) -> str:
+    """How to name ``path`` (found under ``root``, what ``location`` opened): a URI stays a URI."""
+    if not _is_uri(location) or path == root:
+        return location if path == root else path
+    return location.rstrip("/") + quote(path[len(root.rstrip("/")):], safe="/")
 
 
 def _holds_bytes(field) -> bool:
@@ -213,26 +264,31 @@ def _expand_uri(uri: str) -> Iterator[Source]:
     from pyarrow import fs
 
     filesystem, path = _filesystem(uri)
-    info = filesystem.get_file_info(path)
-    scheme = uri.partition("://")[0]
-    if info.type == fs.FileType.Directory:
-        infos = filesystem.get_file_info(fs.FileSelector(path, recursive=True))
-        files = sorted(i.path for i in infos if i.type == fs.FileType.File)
-        images = [f for f in files if _looks_like_image(f)]
-        if images:
-            yield from (Source(f"{scheme}://{f}") for f in images)
-        elif any(f.lower().endswith(PARQUET_SUFFIXES) for f in files):
+    try:
+        info = filesystem.get_file_info(path)
+        if info.type == fs.FileType.Directory:
+            infos = filesystem.get_file_info(fs.FileSelector(path, recursive=True))
+            files = sorted(i.path for i in infos if i.type == fs.FileType.File
+                           and not any(part.startswith(".") for part in i.path[len(path):].split("/")))
+            images = [f for f in files if _looks_like_image(f)]
+            if images:
+                yield from (Source(_child(uri, path, f)) for f in images)
+            elif any(_is_parquet_name(f.rsplit("/", 1)[-1]) for f in files):
+                yield from _from_parquet(uri)
+            else:
+                raise SourceError(f"'{uri}' holds no image files and no Parquet files")
+        elif uri.lower().endswith(PARQUET_SUFFIXES):
             yield from _from_parquet(uri)
+        elif uri.lower().endswith(LIST_SUFFIXES):
+            if info.type == fs.FileType.NotFound:
+                raise SourceError(f"source '{uri}' does not exist; check the path")
+            with filesystem.open_input_stream(path) as stream:
+                data = stream.read()
+            yield from (Source(p) for p in _listed(data, uri.lower().endswith(".csv"), uri))
         else:
-            raise SourceError(f"'{uri}' holds no image files and no Parquet files")
-    elif uri.lower().endswith(PARQUET_SUFFIXES):
-        yield from _from_parquet(uri)
-    elif uri.lower().endswith(LIST_SUFFIXES):
-        with filesystem.open_input_stream(path) as stream:
-            text = io.StringIO(stream.read().decode("utf-8"))
-        yield from (Source(p) for p in _listed(text, uri.lower().endswith(".csv"), uri))
-    else:
-        yield Source(uri)
+            yield Source(uri)
+    except OSError as exc:
+        raise SourceError(f"cannot list {uri!r}: {exc}") from None
 
 
 def _named(data: bytes, name: str) -> io.BytesIO:

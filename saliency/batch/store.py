@@ -88,12 +88,22 @@ class Store:
 
     def done(self) -> set[str]:
         """The sources that already have rows in DEST."""
+        return set(self.recorded())
+
+    def recorded(self) -> dict[str, bool]:
+        """Each source with rows in DEST, and whether it failed (its row has ``error`` set)."""
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        found: set[str] = set()
+        found: dict[str, bool] = {}
         for path in self._shards():
-            table = pq.read_table(path, columns=["source"], filesystem=self.filesystem)
-            found.update(table.column("source").to_pylist())
+            try:
+                table = pq.read_table(path, columns=["source", "error"], filesystem=self.filesystem)
+            except (OSError, pa.ArrowInvalid, KeyError) as exc:
+                raise StoreError(f"cannot read '{path}' in --out '{self.dest}' ({exc}); it was not written by "
+                                 "this job: move it away, or choose another --out") from None
+            for source, error in zip(table.column("source").to_pylist(), table.column("error").to_pylist()):
+                found[source] = found.get(source, False) or error is not None
         return found
 
     def write(self, rows: Sequence[Mapping[str, Any]]) -> str | None:

@@ -69,7 +69,7 @@ class JobSpec:
 
     def classes(self, loaded: LoadedModel) -> Classes:
         """The class choice for ``loaded`` (labels resolved to indices, unit strings to units)."""
-        return Classes(fixed=tuple(target_of(loaded, t) for t in self.targets), topk=self.topk)
+        return Classes(fixed=tuple(dict.fromkeys(target_of(loaded, t) for t in self.targets)), topk=self.topk)
 
 
 def _weights_record(loaded: LoadedModel, given: str | os.PathLike | None) -> str | None:

@@ -6,7 +6,8 @@ import argparse
 import sys
 
 from saliency.cli.options import (add_class_options, add_engine_options, add_method_options, add_model_options,
-                                  check_device, check_engine_options, chosen_methods, command, fail, positive_int)
+                                  check_device, check_engine_options, check_output, chosen_methods, command, fail,
+                                  positive_int)
 
 SHOWN_FAILURES = 5
 
@@ -50,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
     from saliency.batch import explain_dataset
 
     check_engine_options(args)
+    if args.png:
+        check_output(args.png, folder=True, flag="--png")
     if args.device is not None:
         check_device(args.device)
     methods, options = chosen_methods(args.method, args.option)
@@ -64,8 +67,9 @@ def run(args: argparse.Namespace) -> int:
             gpus_per_worker=args.gpus_per_worker, address=args.address, progress=bar)
     finally:
         bar.close()
+    earlier = f" ({len(summary.failed_before)} of them failed)" if summary.failed_before else ""
     print(f"{summary.explained} image{'s' * (summary.explained != 1)} explained, {len(summary.failed)} failed, "
-          f"{summary.skipped} already in {args.out}")
+          f"{summary.skipped} already in {args.out}{earlier}")
     for source in summary.failed[:SHOWN_FAILURES]:
         print(f"  failed: {source}", file=sys.stderr)
     if len(summary.failed) > SHOWN_FAILURES:
@@ -76,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
     if summary.failed:
         return fail(f"{len(summary.failed)} of {summary.explained + len(summary.failed)} sources could not be "
                     f"explained; their rows in {args.out} hold the reason (column 'error')")
+    if summary.failed_before:
+        return fail(f"{len(summary.failed_before)} sources failed in an earlier run; their rows in {args.out} hold "
+                    "the reason (column 'error'), and a rerun does not retry them (docs/batch.md)")
     return 0
 
 

@@ -366,18 +366,19 @@ def writing(path: Path) -> Iterator[None]:
         raise SaliencyError(f"cannot write '{where}': {exc.strerror or exc}; choose another --out") from exc
 
 
-def check_output(path: str | os.PathLike, folder: bool) -> None:
-    """Before long work: fail now, in one line, if ``path`` (a folder, or a file) could not be written."""
+def check_output(path: str | os.PathLike, folder: bool, flag: str = "--out") -> None:
+    """Before long work: fail now, in one line, if ``path`` (a folder, or a file, given as ``flag``) could not be
+    written."""
     path = Path(path)
     if not folder and path.is_dir():
-        raise SaliencyError(f"cannot write '{path}': it is a folder; choose another --out")
+        raise SaliencyError(f"cannot write '{path}': it is a folder; choose another {flag}")
     existing = path if folder else path.parent
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if existing.exists() and not existing.is_dir():
-        raise SaliencyError(f"cannot write '{existing}': it is a file, not a folder; choose another --out")
+        raise SaliencyError(f"cannot write '{existing}': it is a file, not a folder; choose another {flag}")
     if existing.exists() and not os.access(existing, os.W_OK | os.X_OK):
-        raise SaliencyError(f"cannot write in '{existing}': permission denied; choose another --out")
+        raise SaliencyError(f"cannot write in '{existing}': permission denied; choose another {flag}")
 
 
 # --- messages ----------------------------------------------------------------------------------
