@@ -120,12 +120,14 @@ def _decoders(plan: ThreadPlan) -> Executor:
     if not plan.decode_processes:
         return ThreadPoolExecutor(plan.decode_threads, thread_name_prefix="decode")
     return ProcessPoolExecutor(plan.decode_threads, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_end_with_parent)
+                               initializer=_end_with_parent, initargs=(os.getpid(),))
 
 
-def _end_with_parent(interval: float = 1.0) -> None:
-    """In a decoding process: exit once the job's process is gone (killed, even with SIGKILL: it is then re-parented)."""
-    parent = os.getppid()
+def _end_with_parent(parent: int, interval: float = 1.0) -> None:
+    """In a decoding process: exit once the job's process ``parent`` is gone (killed, even with SIGKILL: this process
+    is then re-parented), also when that happened while this one was still starting."""
+    if os.getppid() != parent:
+        os._exit(1)
 
     def watch() -> None:
         while os.getppid() == parent:
