@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -108,6 +109,8 @@ def run_ray(spec: JobSpec, loaded: LoadedModel, sources: Sequence[Source], store
         compute=ray.data.ActorPoolStrategy(size=workers),
         **model_actor_options(cpus, workers, gpus_per_worker))  # restarted after a lost node,
     # and their calls retried, by Ray Data's defaults (max_restarts=-1, max_task_retries=-1)
+    # a job of fewer shards than workers is fine: Ray Data's hint that some actors will idle is noise here
+    warnings.filterwarnings("ignore", message="The minimum number of concurrent actors", category=UserWarning)
     explained, failed = 0, []
     for summary in summaries.iter_batches(batch_size=None, batch_format="pyarrow"):
         counts = summary.column("explained").to_pylist()
