@@ -28,6 +28,9 @@ from saliency.errors import SaliencyError
 from saliency.memory import malloc_environment, reuse_freed_memory
 from saliency.models import LoadedModel
 
+# A job of fewer shards than workers is fine: Ray Data's hint that some actors will idle is noise here.
+warnings.filterwarnings("ignore", message="The minimum number of concurrent actors", category=UserWarning)
+
 INSTALL = "pip install 'saliency[ray]'"
 DECODE_CPUS = 0.5
 """CPUs a decode task is counted as when sharing a cluster out: decoding is light next to the model."""
@@ -109,8 +112,6 @@ def run_ray(spec: JobSpec, loaded: LoadedModel, sources: Sequence[Source], store
         compute=ray.data.ActorPoolStrategy(size=workers),
         **model_actor_options(cpus, workers, gpus_per_worker))  # restarted after a lost node,
     # and their calls retried, by Ray Data's defaults (max_restarts=-1, max_task_retries=-1)
-    # a job of fewer shards than workers is fine: Ray Data's hint that some actors will idle is noise here
-    warnings.filterwarnings("ignore", message="The minimum number of concurrent actors", category=UserWarning)
     explained, failed = 0, []
     for summary in summaries.iter_batches(batch_size=None, batch_format="pyarrow"):
         counts = summary.column("explained").to_pylist()
