@@ -68,9 +68,13 @@ def _read(source: ImageSource) -> tuple[bytes, str]:
         path = os.fspath(source)
         name = repr(str(path))
         if not os.path.exists(path):
+            if os.path.islink(path):
+                raise ImageError(f"image file {name} is a symbolic link to nothing (broken or looping)")
             raise ImageError(f"image file {name} does not exist; check the path")
         if os.path.isdir(path):
             raise ImageError(f"{name} is a folder, not an image file")
+        if not os.path.isfile(path):  # reading a pipe or a device could wait for ever
+            raise ImageError(f"{name} is not a regular file (a pipe, socket or device), not an image file")
         try:
             with open(path, "rb") as handle:
                 data = handle.read()

@@ -82,6 +82,7 @@ def explain_dataset(sources: Sequence[str], out: str, *, model: str | LoadedMode
     """
     spec = _spec(model, methods, topk, targets, options, reduce, batch_size, png, device, engine, model_options)
     spec = dataclasses.replace(spec, max_pixels=max_pixels)
+    _check_outputs(os.fspath(out), spec.png)
     if engine == "local":
         from saliency.batch.local import decoding_in
 
@@ -119,6 +120,18 @@ def explain_dataset(sources: Sequence[str], out: str, *, model: str | LoadedMode
 
         summary.explained, summary.failed = run_local(spec, loaded, todo, store, shard_size, report, stage or no_stage)
     return summary
+
+
+def _check_outputs(out: str, png: str | None) -> None:
+    """DEST must be named, and the pictures must not land inside it (Parquet readers would take them for shards)."""
+    if not out.strip():
+        raise StoreError("--out is empty; give a folder or URI for the Parquet dataset")
+    if png is None:
+        return
+    dest, pictures = source_key(out).rstrip("/" + os.sep), source_key(png).rstrip("/" + os.sep)
+    if pictures == dest or pictures.startswith((dest + "/", dest + os.sep)):
+        raise OptionError(f"--png '{png}' is inside --out '{out}', where readers of the Parquet dataset would "
+                          "take the pictures for shards; choose a folder outside it")
 
 
 def _spec(model, methods, topk, targets, options, reduce, batch_size, png, device, engine,

@@ -8,7 +8,7 @@ import io
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from saliency.errors import ImageError, SaliencyError
 
@@ -34,6 +34,9 @@ class Source:
         """What :func:`saliency.images.open_image` takes: the local path, or the bytes named by ``id``."""
         if self.data is not None:
             return _named(self.data, self.id)
+        table, row = _table_row(self.id)
+        if table is not None:
+            raise ImageError(f"row {row} of Parquet table '{table}' has neither a path nor image bytes")
         if _is_uri(self.id):
             filesystem, path = _filesystem(self.id)
             try:
@@ -62,7 +65,7 @@ def list_sources(arguments: Sequence[str], exclude: Sequence[str | os.PathLike |
     """
     if not arguments:
         raise SourceError("no SOURCE given; pass image files, folders, globs, list files or Parquet files")
-    skip = frozenset(_key(os.fspath(p)) for p in exclude if p and not _is_uri(os.fspath(p)))
+    skip = frozenset(source_key(os.fspath(p)).rstrip("/") for p in exclude if p)
     seen: set[str] = set()
     for argument in arguments:
         for source in _expand(argument, skip):
@@ -73,9 +76,12 @@ def list_sources(arguments: Sequence[str], exclude: Sequence[str | os.PathLike |
 
 
 def source_key(identity: str) -> str:
-    """What makes two sources the same: a local path's absolute, normalised form (``./a.png`` is ``a.png``),
-    a URI as written."""
-    return identity if _is_uri(identity) else _key(identity)
+    """What makes two sources the same: a local path's absolute, normalised form (``./a.png`` is ``a.png``,
+    and so is ``file:///…/a.png``), any other URI as written."""
+    if not _is_uri(identity):
+        return _key(identity)
+    scheme, _, rest = identity.partition("://")
+    return _key(unquote(rest)) if scheme.lower() == "file" and rest.startswith("/") else identity
 
 
 def _key(path: str) -> str:
@@ -84,7 +90,7 @@ def _key(path: str) -> str:
 
 def _expand(argument: str, skip: frozenset[str]) -> Iterator[Source]:
     if _is_uri(argument):
-        yield from _expand_uri(argument)
+        yield from _expand_uri(argument, skip)
         return
     if glob.has_magic(argument) and not os.path.exists(argument):
         tables = argument.lower().endswith(PARQUET_SUFFIXES + LIST_SUFFIXES)
@@ -102,13 +108,16 @@ def _expand_path(path: str, skip: frozenset[str]) -> Iterator[Source]:
     lower = path.lower()
     if os.path.isdir(path):
         images = sorted(_files_under(path, skip, _looks_like_image))
+        tables = [] if images else sorted(_files_under(path, skip, _is_parquet_name))
         if images:
             yield from (Source(p) for p in images)
-        elif _files_under(path, skip, _is_parquet_name):
-            yield from _from_parquet(path)
+        elif tables:
+            yield from _from_parquet(path, tables)
         else:
             raise SourceError(f"folder '{path}' holds no image files ({', '.join(IMAGE_SUFFIXES)}) "
                               "and no Parquet files")
+    elif path.endswith(("/", os.sep)):
+        raise SourceError(f"folder '{path}' does not exist; check the path")
     elif lower.endswith(PARQUET_SUFFIXES):
         _must_exist(path)
         yield from _from_parquet(path)
@@ -125,17 +134,36 @@ def _expand_path(path: str, skip: frozenset[str]) -> Iterator[Source]:
 
 
 def _files_under(folder: str, skip: frozenset[str], wanted) -> list[str]:
-    """The files under ``folder`` that ``wanted(name)`` takes, hidden folders and those in ``skip`` left out."""
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and _key(os.path.join(root, d)) not in skip)
-        found.extend(os.path.join(root, name) for name in files if wanted(name))
+    """The files under ``folder`` that ``wanted(name)`` takes; hidden folders, those in ``skip`` and linked
+    folders are not entered, and pipes, sockets and devices are left out (reading one could wait for ever)."""
+    found, folders = [], [folder]
+    while folders:
+        try:
+            with os.scandir(folders.pop()) as listing:
+                entries = list(listing)
+        except OSError:
+            continue  # an unreadable folder is passed over, as a listing would
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                if not entry.name.startswith(".") and _key(entry.path) not in skip:
+                    folders.append(entry.path)
+            elif wanted(entry.name) and (entry.is_symlink() or entry.is_file(follow_symlinks=False)):
+                found.append(entry.path)  # a link stays, also a broken one: its error row says why
     return found
 
 
 def _inside(path: str, skip: frozenset[str]) -> bool:
-    key = _key(path)
-    return any(key.startswith(folder + os.sep) for folder in skip)
+    key = source_key(path)
+    return any(key.startswith(folder + ("/" if _is_uri(folder) else os.sep)) for folder in skip)
+
+
+def _table_row(identity: str) -> tuple[str | None, str]:
+    """For ``TABLE#ROW`` (a table row that named no image) the table and row, else ``(None, "")``."""
+    table, sep, row = identity.rpartition("#")
+    if sep and row.isdigit() and table.lower().endswith(PARQUET_SUFFIXES) and (
+            _is_uri(identity) or not os.path.exists(identity)):
+        return table, row
+    return None, ""
 
 
 def _looks_like_image(name: str) -> bool:
@@ -174,16 +202,17 @@ def _csv_paths(text: str) -> list[str]:
     return paths
 
 
-def _from_parquet(location: str) -> Iterator[Source]:
+def _from_parquet(location: str, files: Sequence[str] = ()) -> Iterator[Source]:
+    """The rows of the Parquet file ``location``, or of the ``files`` found under the folder ``location``."""
     import pyarrow as pa
     import pyarrow.dataset as ds
 
     try:
         if _is_uri(location):
             filesystem, root = _filesystem(location)
-            dataset = ds.dataset(root, filesystem=filesystem, format="parquet")
+            dataset = ds.dataset(list(files) or root, filesystem=filesystem, format="parquet")
         else:
-            root, dataset = location, ds.dataset(location, format="parquet")
+            root, dataset = location, ds.dataset(list(files) or location, format="parquet")
     except (OSError, pa.ArrowInvalid) as exc:
         raise SourceError(f"cannot read Parquet source '{location}': {exc}") from None
     schema = dataset.schema
@@ -200,6 +229,7 @@ def _from_parquet(location: str) -> Iterator[Source]:
         raise SourceError(f"Parquet source '{location}' has neither a 'path' column nor a column of image bytes "
                           f"(its columns: {', '.join(schema.names)})")
     columns = [c for c in ("path", data_column) if c is not None and (c == data_column or has_path)]
+    rows = 0
     try:
         for fragment in sorted(dataset.get_fragments(), key=lambda f: f.path):
             table = _child(location, root, fragment.path)
@@ -208,13 +238,14 @@ def _from_parquet(location: str) -> Iterator[Source]:
                 paths = batch.column("path").to_pylist() if has_path else [None] * batch.num_rows
                 datas = _bytes_of(batch.column(data_column)) if data_column else [None] * batch.num_rows
                 for path, data in zip(paths, datas):
-                    if data is not None or not path:
-                        yield Source(f"{table}#{row}", data or b"")  # a row with neither: an error row
-                    else:
-                        yield Source(path)
+                    # a row with neither path nor bytes is named by its place, and becomes an error row
+                    yield Source(path) if data is None and path else Source(f"{table}#{row}", data)
                     row += 1
+            rows += row
     except (OSError, pa.ArrowInvalid) as exc:
         raise SourceError(f"cannot read Parquet source '{location}': {exc}") from None
+    if not rows:
+        raise SourceError(f"Parquet source '{location}' has no rows, so names no image")
 
 
 def _child(location: str, root: str, path: str) -> str:
@@ -260,7 +291,7 @@ def _filesystem(uri: str):
         raise SourceError(f"cannot open {uri!r}: {exc} (is the filesystem for that scheme installed?)") from None
 
 
-def _expand_uri(uri: str) -> Iterator[Source]:
+def _expand_uri(uri: str, skip: frozenset[str]) -> Iterator[Source]:
     from pyarrow import fs
 
     filesystem, path = _filesystem(uri)
@@ -269,12 +300,14 @@ def _expand_uri(uri: str) -> Iterator[Source]:
         if info.type == fs.FileType.Directory:
             infos = filesystem.get_file_info(fs.FileSelector(path, recursive=True))
             files = sorted(i.path for i in infos if i.type == fs.FileType.File
-                           and not any(part.startswith(".") for part in i.path[len(path):].split("/")))
+                           and not any(part.startswith(".") for part in i.path[len(path):].split("/"))
+                           and not _inside(_child(uri, path, i.path), skip))
             images = [f for f in files if _looks_like_image(f)]
+            tables = [f for f in files if _is_parquet_name(f.rsplit("/", 1)[-1])]
             if images:
                 yield from (Source(_child(uri, path, f)) for f in images)
-            elif any(_is_parquet_name(f.rsplit("/", 1)[-1]) for f in files):
-                yield from _from_parquet(uri)
+            elif tables:
+                yield from _from_parquet(uri, tables)
             else:
                 raise SourceError(f"'{uri}' holds no image files and no Parquet files")
         elif uri.lower().endswith(PARQUET_SUFFIXES):

@@ -20,6 +20,8 @@ from saliency.errors import SaliencyError
 
 JOB_FILE = "_job.json"
 TEMP_PREFIX = ".tmp-"
+MAX_VALUES_PER_SHARD = 2**31 - 1
+"""Map values one shard's column may hold (an Arrow list's offsets are int32); more go to further shards."""
 
 
 class StoreError(SaliencyError):
@@ -70,9 +72,12 @@ class Store:
             raise StoreError(f"cannot create --out '{self.dest}': {exc}") from None
         recorded = self._recorded_job()
         if recorded is None:
-            if self._shards():
-                raise StoreError(f"--out '{self.dest}' holds Parquet files that no saliency batch job wrote; "
-                                 "choose an empty or new folder")
+            held = sorted(i.base_name for i in self.filesystem.get_file_info(_selector(self.root))
+                          if not i.base_name.startswith("."))
+            if held:
+                raise StoreError(f"--out '{self.dest}' is not empty (it holds {', '.join(held[:3])}"
+                                 f"{', ...' if len(held) > 3 else ''}) and has no {JOB_FILE}, so no saliency "
+                                 "batch job started it; choose an empty or new folder")
             self._write_atomic(JOB_FILE, json.dumps(self.job, indent=2, sort_keys=True).encode())
         elif recorded != self.job:
             changed = sorted(k for k in set(recorded) | set(self.job) if recorded.get(k) != self.job.get(k))
@@ -100,18 +105,20 @@ class Store:
             try:
                 table = pq.read_table(path, columns=["source", "error"], filesystem=self.filesystem)
             except (OSError, pa.ArrowInvalid, KeyError) as exc:
-                raise StoreError(f"cannot read '{path}' in --out '{self.dest}' ({exc}); it was not written by "
-                                 "this job: move it away, or choose another --out") from None
+                raise StoreError(f"cannot read '{path}' in --out '{self.dest}' ({exc}); it is damaged or not one "
+                                 "of this job's shards: move it away (a rerun redoes its sources)") from None
             for source, error in zip(table.column("source").to_pylist(), table.column("error").to_pylist()):
                 found[source] = found.get(source, False) or error is not None
         return found
 
-    def write(self, rows: Sequence[Mapping[str, Any]]) -> str | None:
-        """Write ``rows`` as one shard (atomically); its name is a hash of their sources. Returns the name."""
+    def write(self, rows: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Write ``rows`` as one shard (atomically), or as several where their maps exceed
+        :data:`MAX_VALUES_PER_SHARD`; each is named by a hash of its sources. Returns the names."""
+        return [self._write_shard(part) for part in _parts(rows, self.map_columns)]
+
+    def _write_shard(self, rows: Sequence[Mapping[str, Any]]) -> str:
         import pyarrow.parquet as pq
 
-        if not rows:
-            return None
         table = self.table(rows)
         digest = hashlib.sha1("\n".join(sorted({r["source"] for r in rows})).encode()).hexdigest()[:20]
         name = f"part-{digest}.parquet"
@@ -119,6 +126,9 @@ class Store:
         try:
             pq.write_table(table, temp, filesystem=self.filesystem, **self.encoding())
             self.filesystem.move(temp, f"{self.root}/{name}")
+        except OSError as exc:
+            _delete_quietly(self.filesystem, temp)
+            raise StoreError(f"cannot write a shard in --out '{self.dest}': {exc}") from None
         except BaseException:
             _delete_quietly(self.filesystem, temp)
             raise
@@ -163,11 +173,15 @@ class Store:
     def _recorded_job(self) -> dict[str, Any] | None:
         try:
             with self.filesystem.open_input_stream(f"{self.root}/{JOB_FILE}") as stream:
-                return json.loads(stream.read())
+                recorded = json.loads(stream.read())
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
             raise StoreError(f"cannot read '{self.dest}/{JOB_FILE}': {exc}; choose another --out") from None
+        if not isinstance(recorded, dict):
+            raise StoreError(f"'{self.dest}/{JOB_FILE}' holds a JSON {type(recorded).__name__}, not the record of "
+                             "a saliency batch job; choose another --out")
+        return recorded
 
     def _write_atomic(self, name: str, data: bytes) -> None:
         temp = self._temporary(name)
@@ -178,6 +192,21 @@ class Store:
         except OSError as exc:
             _delete_quietly(self.filesystem, temp)
             raise StoreError(f"cannot write in --out '{self.dest}': {exc}") from None
+
+
+def _parts(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> Iterable[list[Mapping[str, Any]]]:
+    """``rows`` in order, cut where a map column would pass :data:`MAX_VALUES_PER_SHARD` values."""
+    part: list[Mapping[str, Any]] = []
+    held = dict.fromkeys(columns, 0)
+    for row in rows:
+        sizes = {c: 0 if row.get(c) is None else int(np.size(row[c])) for c in columns}
+        if part and any(held[c] + sizes[c] > MAX_VALUES_PER_SHARD for c in columns):
+            yield part
+            part, held = [], dict.fromkeys(columns, 0)
+        part.append(row)
+        held = {c: held[c] + sizes[c] for c in columns}
+    if part:
+        yield part
 
 
 def _list_array(values: Iterable[np.ndarray | None], value_type):

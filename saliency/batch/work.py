@@ -62,10 +62,13 @@ class JobSpec:
 
     def describe(self, loaded: LoadedModel) -> dict[str, Any]:
         """What identifies the job's results (``_job.json``): a rerun must match it to resume."""
+        p = loaded.preprocessing
         return {"model": loaded.name, "weights": _weights_record(loaded, self.weights), "methods": list(self.methods),
                 "options": dict(self.options), "targets": list(self.targets),
                 "topk": None if self.targets else self.topk, "reduce": self.reduce,
-                "input": list(loaded.preprocessing.shape)}
+                "input": list(p.shape), "preprocessing": {"resize": p.resize, "mean": list(p.mean),
+                                                          "std": list(p.std), "interpolation": p.interpolation},
+                "labels": "sha256:" + hashlib.sha256("\n".join(loaded.labels).encode()).hexdigest()}
 
     def classes(self, loaded: LoadedModel) -> Classes:
         """The class choice for ``loaded`` (labels resolved to indices, unit strings to units)."""
@@ -144,11 +147,19 @@ def write_pictures(rows: Sequence[Mapping[str, Any]], spec: JobSpec, model_name:
                  {"method": drawn.method, "target": row["label"], "model": model_name, "source": row["source"]})
 
 
+PICTURE_NAME_PART = 80
+"""Characters kept of a picture's stem and of its label: a file name must stay under 255 bytes."""
+
+
 def picture_name(source: str, method: str, label: str) -> str:
-    """``STEM-HASH-METHOD-LABEL.png``: readable, and unique for sources that share a file name."""
+    """``STEM-HASH-METHOD-LABEL.png``: readable, and unique for sources that share a file name (a long stem or
+    label is cut; the hash, of the whole source, still tells them apart)."""
     stem = os.path.splitext(os.path.basename(source.split("#")[0].rstrip("/")))[0] or "image"
     digest = hashlib.sha1(source.encode()).hexdigest()[:8]
-    return f"{slug(stem, 'image')}-{digest}-{method}-{slug(label)}.png"
+    label = slug(label)
+    if len(label) > PICTURE_NAME_PART:  # two long labels of one source stay apart
+        label = label[:PICTURE_NAME_PART - 9] + "_" + hashlib.sha1(label.encode()).hexdigest()[:8]
+    return f"{slug(stem, 'image')[:PICTURE_NAME_PART]}-{digest}-{method}-{label}.png"
 
 
 def _rows(d: Decoded, e: Explained, labels: Sequence[str], spec: JobSpec) -> list[dict[str, Any]]:

@@ -1,0 +1,175 @@
+"""What a batch job refuses, in one line before any work, and what odd sources and DESTs it survives."""
+
+import json
+import os
+import threading
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from saliency.batch import StoreError, explain_dataset
+from saliency.batch import store as store_module
+from saliency.batch.decoding import decode
+from saliency.batch.sources import Source, SourceError, list_sources
+from saliency.batch.store import Store
+from saliency.batch.work import picture_name
+from saliency.cli import main
+from saliency.errors import OptionError
+from saliency.models import load_model
+from batchdata import rows, sources_in, write_images
+
+
+@pytest.fixture
+def images(tmp_path):
+    return write_images(tmp_path / "images", 3)
+
+
+def ids(arguments, **kwargs):
+    return [s.id for s in list_sources([str(a) for a in arguments], **kwargs)]
+
+
+def one_line_error(capsys, *argv):
+    code = main(["batch", *map(str, argv)])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and err.startswith("saliency: error: ")
+    return err
+
+
+def test_a_table_folder_holding_dest_does_not_read_the_jobs_shards_back(tmp_path, images):
+    table = tmp_path / "table"
+    table.mkdir()
+    pq.write_table(pa.table({"path": [str(p) for p in images]}), table / "paths.parquet")
+    first = explain_dataset([str(table)], str(table / "maps"), methods=["guided"])
+    again = explain_dataset([str(table)], str(table / "maps"), methods=["guided"])
+    assert (first.explained, again.explained, again.skipped) == (3, 0, 3) and again.ok
+    assert ids([table], exclude=[table / "maps"]) == [str(p) for p in images]
+
+
+def test_a_table_with_no_rows_is_refused_before_dest_is_made(tmp_path, capsys):
+    pq.write_table(pa.table({"path": pa.array([], pa.string())}), tmp_path / "empty.parquet")
+    err = one_line_error(capsys, tmp_path / "empty.parquet", "--out", tmp_path / "out")
+    assert "has no rows" in err and not (tmp_path / "out").exists()
+
+
+def test_a_table_row_without_path_or_bytes_says_so(tmp_path, images):
+    pq.write_table(pa.table({"path": [str(images[0]), None, ""]}), tmp_path / "paths.parquet")
+    explain_dataset([str(tmp_path / "paths.parquet")], str(tmp_path / "out"), methods=["guided"])
+    errors = {r["source"]: r["error"] for r in rows(tmp_path / "out").to_pylist()}
+    table = tmp_path / "paths.parquet"
+    assert errors[str(images[0])] is None
+    assert errors[f"{table}#1"] == f"row 1 of Parquet table '{table}' has neither a path nor image bytes"
+    assert errors[f"{table}#2"].startswith("row 2 of Parquet table")
+
+
+def test_pipes_in_a_folder_are_passed_over_and_one_named_is_an_error_row_not_a_hang(tmp_path, images):
+    os.mkfifo(tmp_path / "images" / "waiting.jpg")
+    assert ids([tmp_path / "images"]) == [str(p) for p in images]
+    decoded = []
+    reader = threading.Thread(target=lambda: decoded.append(
+        decode(Source(str(tmp_path / "images" / "waiting.jpg")), load_model("demo").preprocessing)), daemon=True)
+    reader.start()
+    reader.join(timeout=30)
+    assert not reader.is_alive(), "reading a pipe must not wait for a writer"
+    assert "is not a regular file" in decoded[0].error
+
+
+def test_a_link_to_itself_is_an_error_row_that_says_so(tmp_path, images):
+    os.symlink(tmp_path / "images" / "loop.png", tmp_path / "images" / "loop.png")
+    summary = explain_dataset([str(tmp_path / "images")], str(tmp_path / "out"), methods=["guided"])
+    assert summary.explained == 3 and summary.failed == [str(tmp_path / "images" / "loop.png")]
+    error = next(r["error"] for r in rows(tmp_path / "out").to_pylist() if r["source"].endswith("loop.png"))
+    assert "symbolic link to nothing" in error
+
+
+def test_a_file_uri_and_its_plain_path_are_one_source(tmp_path, images):
+    first = explain_dataset([str(images[0])], str(tmp_path / "out"), methods=["guided"])
+    again = explain_dataset([f"file://{images[0]}", str(images[1])], str(tmp_path / "out"), methods=["guided"])
+    assert (first.explained, again.explained, again.skipped) == (1, 1, 1)
+    assert ids([images[0], f"file://{images[0]}"]) == [str(images[0])]
+
+
+def test_a_missing_folder_is_refused_not_made_an_error_row(tmp_path, capsys):
+    err = one_line_error(capsys, f"{tmp_path / 'nowhere'}/", "--out", tmp_path / "out")
+    assert "folder" in err and "does not exist" in err and not (tmp_path / "out").exists()
+
+
+def test_a_very_long_file_name_still_gets_its_pictures(tmp_path, images):
+    long = tmp_path / "images" / ("x" * 240 + ".png")
+    long.write_bytes(images[0].read_bytes())
+    summary = explain_dataset([str(long)], str(tmp_path / "out"), methods=["guided"], png=tmp_path / "png")
+    assert summary.explained == 1 and summary.ok
+    (picture,) = os.listdir(tmp_path / "png")
+    assert len(picture.encode()) < 255 and picture.startswith("x" * 80 + "-")
+
+
+def test_long_labels_that_share_a_start_give_two_picture_names():
+    first, second = picture_name("a.png", "guided", "y" * 200 + "1"), picture_name("a.png", "guided", "y" * 200 + "2")
+    assert first != second and len(first) < 255 and len(second) < 255
+
+
+@pytest.mark.parametrize("changed, differs", [
+    ({"mean": (0.4, 0.4, 0.4)}, "preprocessing"),
+    ({"std": (0.3, 0.3, 0.3)}, "preprocessing"),
+    ({"resize": 96}, "preprocessing"),
+    ({"labels": "LABELS"}, "labels"),
+])
+def test_a_rerun_with_other_preprocessing_or_labels_is_refused(tmp_path, images, changed, differs):
+    explain_dataset([str(images[0])], str(tmp_path / "out"), methods=["guided"])
+    if changed.get("labels"):
+        labels = load_model("demo").labels
+        (tmp_path / "labels.txt").write_text("\n".join(f"renamed {label}" for label in labels) + "\n")
+        changed = {"labels": str(tmp_path / "labels.txt")}
+    with pytest.raises(StoreError, match=f"differs in {differs}"):
+        explain_dataset([str(images[1])], str(tmp_path / "out"), methods=["guided"], **changed)
+    assert sources_in(tmp_path / "out") == [str(images[0])]
+
+
+def test_a_job_record_that_is_not_an_object_is_refused_in_one_line(tmp_path, images, capsys):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "_job.json").write_text("[1, 2]")
+    err = one_line_error(capsys, images[0], "--out", tmp_path / "out")
+    assert "holds a JSON list, not the record of a saliency batch job" in err
+
+
+@pytest.mark.parametrize("inside", ["notes.txt", "images"])
+def test_a_folder_that_is_not_empty_and_not_a_job_is_refused(tmp_path, images, capsys, inside):
+    dest = tmp_path / "images" if inside == "images" else tmp_path / "out"
+    dest.mkdir(exist_ok=True)
+    (dest / "notes.txt").write_text("keep me")
+    err = one_line_error(capsys, images[0], "--out", dest)
+    assert "is not empty" in err and ("notes.txt" in err or inside == "images") and not (dest / "_job.json").exists()
+
+
+def test_an_empty_out_is_refused_and_nothing_is_written_here(tmp_path, images, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    err = one_line_error(capsys, images[0], "--out", "")
+    assert "--out is empty" in err and sorted(os.listdir(tmp_path)) == ["images"]
+
+
+def test_pictures_inside_dest_are_refused(tmp_path, images):
+    with pytest.raises(OptionError, match="--png .* is inside --out"):
+        explain_dataset([str(images[0])], str(tmp_path / "out"), png=tmp_path / "out" / "pictures")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_dest_that_vanishes_mid_job_stops_in_one_line(tmp_path, images):
+    loaded = load_model("demo")
+    from saliency.batch.work import JobSpec
+
+    store = Store(str(tmp_path / "out"), JobSpec(methods=("guided",)).describe(loaded))
+    store.open()
+    for name in os.listdir(tmp_path / "out"):
+        os.remove(tmp_path / "out" / name)
+    os.rmdir(tmp_path / "out")
+    with pytest.raises(StoreError, match="cannot write a shard in --out"):
+        store.write([{"source": "a.png", "error": "no picture"}])
+
+
+def test_maps_past_an_arrow_lists_limit_go_to_further_shards(tmp_path, images, monkeypatch):
+    monkeypatch.setattr(store_module, "MAX_VALUES_PER_SHARD", 3 * 64 * 64 * 2)  # two demo maps per shard
+    write_images(tmp_path / "images", 5)
+    summary = explain_dataset([str(tmp_path / "images")], str(tmp_path / "out"), methods=["guided"], topk=1)
+    shards = [n for n in os.listdir(tmp_path / "out") if n.endswith(".parquet")]
+    assert summary.explained == 5 and len(shards) == 3
+    assert sources_in(tmp_path / "out") == [str(p) for p in sorted((tmp_path / "images").iterdir())]
