@@ -1,6 +1,5 @@
 """What a batch job refuses, in one line before any work, and what odd sources and DESTs it survives."""
 
-import json
 import os
 import threading
 
@@ -11,7 +10,7 @@ import pytest
 from saliency.batch import StoreError, explain_dataset
 from saliency.batch import store as store_module
 from saliency.batch.decoding import decode
-from saliency.batch.sources import Source, SourceError, list_sources
+from saliency.batch.sources import Source, list_sources
 from saliency.batch.store import Store
 from saliency.batch.work import picture_name
 from saliency.cli import main
