@@ -165,10 +165,14 @@ def test_a_dest_that_vanishes_mid_job_stops_in_one_line(tmp_path, images):
         store.write([{"source": "a.png", "error": "no picture"}])
 
 
-def test_maps_past_an_arrow_lists_limit_go_to_further_shards(tmp_path, images, monkeypatch):
-    monkeypatch.setattr(store_module, "MAX_VALUES_PER_SHARD", 3 * 64 * 64 * 2)  # two demo maps per shard
+def test_maps_past_an_arrow_lists_limit_go_to_further_shards_keeping_each_sources_rows_together(
+        tmp_path, images, monkeypatch):
+    monkeypatch.setattr(store_module, "MAX_VALUES_PER_SHARD", 3 * 64 * 64 * 3)  # three demo maps per shard
     write_images(tmp_path / "images", 5)
-    summary = explain_dataset([str(tmp_path / "images")], str(tmp_path / "out"), methods=["guided"], topk=1)
-    shards = [n for n in os.listdir(tmp_path / "out") if n.endswith(".parquet")]
-    assert summary.explained == 5 and len(shards) == 3
-    assert sources_in(tmp_path / "out") == [str(p) for p in sorted((tmp_path / "images").iterdir())]
+    summary = explain_dataset([str(tmp_path / "images")], str(tmp_path / "out"), methods=["guided"], topk=2)
+    shards = sorted(n for n in os.listdir(tmp_path / "out") if n.endswith(".parquet"))
+    assert summary.explained == 5 and len(shards) == 5  # two images' rows (four maps) never fit in one
+    for shard in shards:
+        assert len(set(pq.read_table(tmp_path / "out" / shard).column("source").to_pylist())) == 1
+    expected = [str(p) for p in sorted((tmp_path / "images").iterdir()) for _ in range(2)]
+    assert sources_in(tmp_path / "out") == expected

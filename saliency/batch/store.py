@@ -9,6 +9,7 @@ the sources it holds, so a retried task replaces its own shard instead of adding
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -195,15 +196,17 @@ class Store:
 
 
 def _parts(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> Iterable[list[Mapping[str, Any]]]:
-    """``rows`` in order, cut where a map column would pass :data:`MAX_VALUES_PER_SHARD` values."""
+    """``rows`` in order, cut between sources where a map column would pass :data:`MAX_VALUES_PER_SHARD` values
+    (a source's rows stay in one shard: a rerun skips a source that has any)."""
     part: list[Mapping[str, Any]] = []
     held = dict.fromkeys(columns, 0)
-    for row in rows:
-        sizes = {c: 0 if row.get(c) is None else int(np.size(row[c])) for c in columns}
+    for _, group in itertools.groupby(rows, key=lambda row: row["source"]):
+        together = list(group)
+        sizes = {c: sum(0 if r.get(c) is None else int(np.size(r[c])) for r in together) for c in columns}
         if part and any(held[c] + sizes[c] > MAX_VALUES_PER_SHARD for c in columns):
             yield part
             part, held = [], dict.fromkeys(columns, 0)
-        part.append(row)
+        part += together
         held = {c: held[c] + sizes[c] for c in columns}
     if part:
         yield part
