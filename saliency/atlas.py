@@ -336,7 +336,7 @@ def _scan_ray(model: LoadedModel, sources: Sequence[Source], layers: Sequence[st
     strongest = {layer: Strongest(top) for layer in layers}
     if not sources:
         return strongest, []
-    items = [{"source": s.id, "data": s.data, "image": i} for i, s in enumerate(sources)]
+    items = [{"source": s.id, "data": s.data, "problem": s.problem, "image": i} for i, s in enumerate(sources)]
     cpus = ray.cluster_resources().get("CPU", 1.0)
     dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // batch_size, 4 * workers)))
     decoded = dataset.map_batches(decode_table, batch_size=batch_size, batch_format="pyarrow", num_cpus=0,

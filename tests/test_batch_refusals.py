@@ -1,6 +1,7 @@
 """What a batch job refuses, in one line before any work, and what odd sources and DESTs it survives."""
 
 import os
+import shutil
 import threading
 
 import pyarrow as pa
@@ -10,7 +11,7 @@ import pytest
 from saliency.batch import StoreError, explain_dataset
 from saliency.batch import store as store_module
 from saliency.batch.decoding import decode
-from saliency.batch.sources import Source, list_sources
+from saliency.batch.sources import Source, SourceError, list_sources
 from saliency.batch.store import Store
 from saliency.batch.work import picture_name
 from saliency.cli import main
@@ -176,3 +177,134 @@ def test_maps_past_an_arrow_lists_limit_go_to_further_shards_keeping_each_source
         assert len(set(pq.read_table(tmp_path / "out" / shard).column("source").to_pylist())) == 1
     expected = [str(p) for p in sorted((tmp_path / "images").iterdir()) for _ in range(2)]
     assert sources_in(tmp_path / "out") == expected
+
+
+# --- odd names, links and tables ------------------------------------------------------------------
+
+def test_sources_whose_names_join_alike_get_shards_of_their_own(tmp_path, images, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    os.makedirs(f"images/{images[0].name}\nimages")  # so that 'images/A\nimages/B' is a file too
+    joined = f"images/{images[0].name}\nimages/{images[1].name}"
+    shutil.copy(images[2], joined)
+    sources = [f"images/{images[0].name}", f"images/{images[1].name}", joined]
+    summary = explain_dataset(sources, "out", methods=["guided"], shard_size=2)
+    assert summary.explained == 3 and sorted(sources_in(tmp_path / "out")) == sorted(sources)
+
+
+def test_a_name_that_is_not_utf8_is_an_error_row_and_the_rest_is_explained(tmp_path, images, capsys):
+    bad = os.path.join(os.fsencode(tmp_path / "images"), b"caf\xe9.png")
+    with open(bad, "wb") as handle:
+        handle.write(images[0].read_bytes())
+    first = explain_dataset([str(tmp_path / "images")], str(tmp_path / "out"), methods=["guided"])
+    shown = str(tmp_path / "images" / "caf\\xe9.png")
+    assert first.explained == 3 and first.failed == [shown]
+    errors = {r["source"]: r["error"] for r in rows(tmp_path / "out").to_pylist()}
+    assert "is not UTF-8 text" in errors[shown]
+    again = explain_dataset([str(tmp_path / "images")], str(tmp_path / "out"), methods=["guided"])
+    assert (again.explained, again.skipped, again.failed_before) == (0, 4, [shown])
+    err = one_line_error(capsys, images[0], "--out", os.fsdecode(os.path.join(os.fsencode(tmp_path), b"\xff")))
+    assert "--out" in err and "is not UTF-8 text" in err
+
+
+def test_a_png_folder_that_is_a_source_folder_is_refused(tmp_path, images):
+    with pytest.raises(SourceError, match="is also the job's --out or --png folder"):
+        explain_dataset([str(tmp_path / "images")], str(tmp_path / "out"), png=tmp_path / "images")
+    assert not (tmp_path / "out").exists()
+
+
+def test_outputs_reached_through_a_linked_folder_are_not_read_back(tmp_path, images):
+    os.symlink(tmp_path / "images", tmp_path / "link")
+    for _ in range(2):
+        explain_dataset([str(tmp_path / "link")], str(tmp_path / "out"), methods=["guided"],
+                        png=tmp_path / "images" / "pictures")
+    assert sorted(sources_in(tmp_path / "out")) == [str(tmp_path / "link" / p.name) for p in images]
+    pq.write_table(pa.table({"path": [str(p) for p in images]}), tmp_path / "table.parquet")
+    (tmp_path / "tables").mkdir()
+    os.replace(tmp_path / "table.parquet", tmp_path / "tables" / "table.parquet")
+    os.symlink(tmp_path / "tables", tmp_path / "tables-link")
+    for _ in range(2):
+        summary = explain_dataset([str(tmp_path / "tables-link")], str(tmp_path / "tables" / "maps"),
+                                  methods=["guided"])
+        assert summary.ok
+
+
+def test_links_and_their_targets_are_one_source_and_link_dot_dot_is_the_targets_parent(tmp_path, images,
+                                                                                        monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    os.symlink("images", "link")
+    os.symlink(images[0].name, "images/soft.png")
+    os.makedirs("deep/dir")
+    (tmp_path / "deep" / "x.png").write_bytes(images[1].read_bytes())
+    (tmp_path / "x.png").write_bytes(images[2].read_bytes())
+    os.symlink("deep/dir", "L")
+    assert ids(["images", "link", "images/soft.png"]) == [f"images/{p.name}" for p in images]
+    assert ids(["x.png", "L/../x.png"]) == ["x.png", "L/../x.png"]  # L/.. is deep/, not here
+    explain_dataset(["images"], "out", methods=["guided"])
+    again = explain_dataset(["link"], "out", methods=["guided"])
+    assert (again.explained, again.skipped) == (0, 3)
+
+
+def test_each_file_of_a_table_folder_is_read_with_its_own_columns(tmp_path, images):
+    (tmp_path / "t").mkdir()
+    pq.write_table(pa.table({"image": [images[0].read_bytes()]}), tmp_path / "t" / "a.parquet")
+    pq.write_table(pa.table({"path": [str(images[1]), str(images[2])]}), tmp_path / "t" / "b.parquet")
+    summary = explain_dataset([str(tmp_path / "t")], str(tmp_path / "out"), methods=["guided"])
+    assert summary.explained == 3 and summary.ok
+
+
+def test_categorical_paths_and_image_structs_that_hold_a_path_are_read(tmp_path, images):
+    pq.write_table(pa.table({"path": pa.array([str(images[0])]).dictionary_encode()}), tmp_path / "cat.parquet")
+    structs = pa.array([{"bytes": None, "path": str(images[1])}],
+                       pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+    pq.write_table(pa.table({"image": structs}), tmp_path / "hf.parquet")
+    assert ids([tmp_path / "cat.parquet", tmp_path / "hf.parquet"]) == [str(images[0]), str(images[1])]
+
+
+def test_a_csv_field_past_the_readers_limit_stops_in_one_line(tmp_path, images, capsys):
+    (tmp_path / "big.csv").write_text(f'path\n{images[0]}\n"{"x" * 200_000}"\n')
+    err = one_line_error(capsys, tmp_path / "big.csv", "--out", tmp_path / "out")
+    assert "cannot be read as CSV" in err and not (tmp_path / "out").exists()
+
+
+def test_another_jobs_shard_or_a_foreign_table_in_dest_is_named(tmp_path, images):
+    explain_dataset([str(images[0])], str(tmp_path / "out"), methods=["guided", "vanilla"])
+    explain_dataset([str(images[1])], str(tmp_path / "theirs"), methods=["guided"])
+    (shard,) = [p for p in (tmp_path / "theirs").iterdir() if p.suffix == ".parquet"]
+    os.replace(shard, tmp_path / "out" / "part-theirs.parquet")
+    with pytest.raises(StoreError, match="part-theirs.parquet.* is not one of this job's shards"):
+        explain_dataset([str(images[1])], str(tmp_path / "out"), methods=["guided", "vanilla"])
+    os.remove(tmp_path / "out" / "part-theirs.parquet")
+    pq.write_table(pa.table({"source": ["x.png"], "error": pa.array([None], pa.string())}),
+                   tmp_path / "out" / "other.parquet")
+    with pytest.raises(StoreError, match="other.parquet.* is not one of this job's shards"):
+        explain_dataset([str(images[1])], str(tmp_path / "out"), methods=["guided", "vanilla"])
+
+
+def test_adding_or_moving_png_on_a_rerun_is_refused(tmp_path, images):
+    explain_dataset([str(images[0])], str(tmp_path / "out"), methods=["guided"])
+    with pytest.raises(StoreError, match="differs in png"):
+        explain_dataset([str(images[1])], str(tmp_path / "out"), methods=["guided"], png=tmp_path / "png")
+
+
+def test_labels_that_read_alike_get_pictures_of_their_own(tmp_path, images):
+    labels = ["a b", "a_b", "a-b", "c", "d", "e", "f", "g"]
+    assert len(load_model("demo").labels) == len(labels)
+    (tmp_path / "labels.txt").write_text("\n".join(labels) + "\n")
+    explain_dataset([str(images[0])], str(tmp_path / "out"), methods=["guided"], topk=8,
+                    labels=str(tmp_path / "labels.txt"), png=tmp_path / "png")
+    assert len(os.listdir(tmp_path / "png")) == 8
+
+
+def test_a_png_folder_that_cannot_be_made_stops_before_dest(tmp_path, images):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OptionError, match="cannot make --png folder"):
+        explain_dataset([str(images[0])], str(tmp_path / "out"), png=tmp_path / "file" / "png")
+    assert not (tmp_path / "out").exists()
+
+
+def test_failed_sources_are_listed_one_per_line_whatever_their_names(tmp_path, images, capsys):
+    broken = tmp_path / "images" / "two\nlines.png"
+    broken.write_bytes(b"no picture")
+    assert main(["batch", str(tmp_path / "images"), "--out", str(tmp_path / "out"), "--method", "guided"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and err[0].endswith("two\\nlines.png")

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from saliency.batch.sources import Source, SourceError, list_sources, source_key
+from saliency.batch.sources import Source, SourceError, list_sources, printable, source_key
 from saliency.batch.store import Store, StoreError
 from saliency.errors import OptionError
 from saliency.images import MAX_PIXELS
@@ -93,6 +93,7 @@ def explain_dataset(sources: Sequence[str], out: str, *, model: str | LoadedMode
     check_units(loaded, spec.classes(loaded).fixed)  # a unit the model lacks fails here too
     listed = list(list_sources(sources, exclude=(out, png)))  # a bad SOURCE fails here, before DEST is touched
     store = Store(os.fspath(out), spec.describe(loaded))
+    _make_folder(spec.png)
     store.open()
     recorded = {source_key(source): failed for source, failed in store.recorded().items()}
     todo = [s for s in listed if source_key(s.id) not in recorded]
@@ -126,12 +127,25 @@ def _check_outputs(out: str, png: str | None) -> None:
     """DEST must be named, and the pictures must not land inside it (Parquet readers would take them for shards)."""
     if not out.strip():
         raise StoreError("--out is empty; give a folder or URI for the Parquet dataset")
+    for flag, name in (("--out", out), ("--png", png)):
+        if name is not None and printable(name) != name:
+            raise OptionError(f"{flag} {printable(name)!r} is not UTF-8 text; choose a name that is")
     if png is None:
         return
     dest, pictures = source_key(out).rstrip("/" + os.sep), source_key(png).rstrip("/" + os.sep)
     if pictures == dest or pictures.startswith((dest + "/", dest + os.sep)):
         raise OptionError(f"--png '{png}' is inside --out '{out}', where readers of the Parquet dataset would "
                           "take the pictures for shards; choose a folder outside it")
+
+
+def _make_folder(png: str | None) -> None:
+    """The pictures' folder, made before any work so that one that cannot be made stops the job at once."""
+    if png is None or "://" in png:
+        return
+    try:
+        os.makedirs(png, exist_ok=True)
+    except OSError as exc:
+        raise OptionError(f"cannot make --png folder '{png}': {exc.strerror or exc}") from None
 
 
 def _spec(model, methods, topk, targets, options, reduce, batch_size, png, device, engine,

@@ -20,6 +20,10 @@ from saliency.images import MAX_PIXELS, open_image
 from saliency.preprocess import Box, Preprocessing
 
 
+SOURCE_COLUMNS = ("source", "data", "problem")
+"""A :class:`Source`'s fields as the columns of the table a Ray decode task takes."""
+
+
 @dataclass
 class Decoded:
     """One source ready for the model: its input ``tensor`` ``[C, H, W]`` (float32), or the ``error`` that stopped it."""
@@ -53,11 +57,13 @@ def decode_all(sources: Sequence[Source], preprocessing: Preprocessing, max_pixe
 
 
 def decode_table(table: Any, preprocessing: Preprocessing, max_pixels: int) -> Any:
-    """Ray's decode task: a table of sources (``source``, ``data``) → a table of model inputs (raw float32 bytes)
-    or errors, one row each (:func:`from_row` reads one back); the table's other columns come along."""
+    """Ray's decode task: a table of sources (``source``, ``data``, ``problem``) → a table of model inputs (raw
+    float32 bytes) or errors, one row each (:func:`from_row` reads one back); the table's other columns come along."""
     import pyarrow as pa
 
-    sources = [Source(s, d) for s, d in zip(table.column("source").to_pylist(), table.column("data").to_pylist())]
+    columns = [table.column(c).to_pylist() if c in table.column_names else [None] * table.num_rows
+               for c in SOURCE_COLUMNS]
+    sources = [Source(*fields) for fields in zip(*columns)]
     rows = decode_all(sources, preprocessing, max_pixels)
     decoded = pa.table({
         "source": [r.source for r in rows],
@@ -69,7 +75,7 @@ def decode_table(table: Any, preprocessing: Preprocessing, max_pixels: int) -> A
         "error": pa.array([r.error for r in rows], pa.string()),
     })
     for name in table.column_names:
-        if name not in ("source", "data"):
+        if name not in SOURCE_COLUMNS:
             decoded = decoded.append_column(name, table.column(name))
     return decoded
 

@@ -96,7 +96,7 @@ def run_ray(spec: JobSpec, loaded: LoadedModel, sources: Sequence[Source], store
     shared = _shared_model(ray, loaded)
     if shared:  # the actors take the model from the store: the spec need not carry it a second time
         spec = dataclasses.replace(spec, model=loaded.name)
-    items = [{"source": s.id, "data": s.data} for s in sources]
+    items = [{"source": s.id, "data": s.data, "problem": s.problem} for s in sources]
     dataset = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / shard_size)))
     cpus = ray.cluster_resources().get("CPU", 1.0)
     # Decode tasks ask the scheduler for no CPU (a pool size bounds them instead): the actors hold their

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import glob
 import io
 import os
@@ -25,18 +26,18 @@ class SourceError(SaliencyError):
 @dataclass(frozen=True)
 class Source:
     """One image to explain: ``id`` (the path or URI as given, or ``TABLE#ROW`` for bytes in a table) and,
-    for images stored in a table, their ``data``."""
+    for images stored in a table, their ``data``; or the ``problem`` that makes it unusable (its error row)."""
 
     id: str
     data: bytes | None = None
+    problem: str | None = None
 
     def read(self) -> bytes | io.BytesIO | str:
         """What :func:`saliency.images.open_image` takes: the local path, or the bytes named by ``id``."""
+        if self.problem is not None:
+            raise ImageError(self.problem)
         if self.data is not None:
             return _named(self.data, self.id)
-        table, row = _table_row(self.id)
-        if table is not None:
-            raise ImageError(f"row {row} of Parquet table '{table}' has neither a path nor image bytes")
         if _is_uri(self.id):
             filesystem, path = _filesystem(self.id)
             try:
@@ -61,23 +62,32 @@ def list_sources(arguments: Sequence[str], exclude: Sequence[str | os.PathLike |
     ``bytes`` field, as Hugging Face datasets store images), each row then named ``FILE#ROW``.
     ``scheme://`` URIs go through pyarrow's filesystems (``s3://``, ``gs://``, …, where installed).
     Folders in ``exclude`` (the job's own outputs) are never scanned. A listed image file that does
-    not exist is not an error here: it becomes the job's error row for that source.
+    not exist, or whose name is not UTF-8, is not an error here: it becomes the job's error row.
     """
     if not arguments:
         raise SourceError("no SOURCE given; pass image files, folders, globs, list files or Parquet files")
+    _real_folder.cache_clear()  # links may have changed since the last job
     skip = frozenset(source_key(os.fspath(p)).rstrip("/") for p in exclude if p)
     seen: set[str] = set()
     for argument in arguments:
         for source in _expand(argument, skip):
+            if printable(source.id) != source.id:  # a name the file system gave as bytes that are not UTF-8
+                source = Source(printable(source.id), problem=f"the name of {printable(source.id)!r} is not UTF-8 "
+                                "text, which the results cannot hold; rename the file")
             key = source_key(source.id)
             if key not in seen:
                 seen.add(key)
                 yield source
 
 
+def printable(name: str) -> str:
+    """``name`` with any byte that was not UTF-8 (kept by Python as a lone surrogate) written as ``\\xNN``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def source_key(identity: str) -> str:
-    """What makes two sources the same: a local path's absolute, normalised form (``./a.png`` is ``a.png``,
-    and so is ``file:///…/a.png``), any other URI as written."""
+    """What makes two sources the same: a local path's real, absolute form (``./a.png``, ``file:///…/a.png`` and
+    a link to it are ``a.png``), any other URI as written."""
     if not _is_uri(identity):
         return _key(identity)
     scheme, _, rest = identity.partition("://")
@@ -85,7 +95,18 @@ def source_key(identity: str) -> str:
 
 
 def _key(path: str) -> str:
-    return os.path.normcase(os.path.abspath(path))
+    """``path`` resolved as the file system resolves it (``link/..`` is the link's target's parent), normalised."""
+    folder, name = os.path.split(path)
+    resolved = os.path.join(_real_folder(os.path.join(os.getcwd(), folder)), name)
+    if name and os.path.islink(resolved):
+        resolved = os.path.realpath(resolved)
+    return os.path.normcase(resolved)
+
+
+@functools.lru_cache(maxsize=4096)
+def _real_folder(folder: str) -> str:
+    """The real path of an absolute ``folder``, remembered: a folder of a million images is resolved once."""
+    return os.path.realpath(folder)
 
 
 def _expand(argument: str, skip: frozenset[str]) -> Iterator[Source]:
@@ -106,6 +127,9 @@ def _expand(argument: str, skip: frozenset[str]) -> Iterator[Source]:
 
 def _expand_path(path: str, skip: frozenset[str]) -> Iterator[Source]:
     lower = path.lower()
+    if os.path.isdir(path) and _key(path) in skip:
+        raise SourceError(f"source folder '{path}' is also the job's --out or --png folder; "
+                          "write those outside the sources")
     if os.path.isdir(path):
         images = sorted(_files_under(path, skip, _looks_like_image))
         tables = [] if images else sorted(_files_under(path, skip, _is_parquet_name))
@@ -157,15 +181,6 @@ def _inside(path: str, skip: frozenset[str]) -> bool:
     return any(key.startswith(folder + ("/" if _is_uri(folder) else os.sep)) for folder in skip)
 
 
-def _table_row(identity: str) -> tuple[str | None, str]:
-    """For ``TABLE#ROW`` (a table row that named no image) the table and row, else ``(None, "")``."""
-    table, sep, row = identity.rpartition("#")
-    if sep and row.isdigit() and table.lower().endswith(PARQUET_SUFFIXES) and (
-            _is_uri(identity) or not os.path.exists(identity)):
-        return table, row
-    return None, ""
-
-
 def _looks_like_image(name: str) -> bool:
     base = os.path.basename(name)
     return base.lower().endswith(IMAGE_SUFFIXES) and ".mask." not in base and not base.startswith(".")
@@ -182,7 +197,7 @@ def _listed(data: bytes, is_csv: bool, name: str) -> list[str]:
     except UnicodeDecodeError as exc:
         raise SourceError(f"list file '{name}' is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     if is_csv:
-        paths = _csv_paths(text)
+        paths = _csv_paths(text, name)
     else:
         paths = [line.strip() for line in text.splitlines()]
         paths = [line for line in paths if line and not line.startswith("#")]
@@ -191,61 +206,68 @@ def _listed(data: bytes, is_csv: bool, name: str) -> list[str]:
     return paths
 
 
-def _csv_paths(text: str) -> list[str]:
+def _csv_paths(text: str, name: str) -> list[str]:
     reader = csv.reader(io.StringIO(text, newline=""))
-    header = next(reader, None)
-    if header is None:
-        return []
-    column = header.index("path") if "path" in header else 0
-    paths = [header[0].strip()] if "path" not in header and _looks_like_image(header[0].strip()) else []
-    paths += [row[column].strip() for row in reader if len(row) > column and row[column].strip()]
+    try:
+        header = next(reader, None)
+        if header is None:
+            return []
+        column = header.index("path") if "path" in header else 0
+        paths = [header[0].strip()] if "path" not in header and _looks_like_image(header[0].strip()) else []
+        paths += [row[column].strip() for row in reader if len(row) > column and row[column].strip()]
+    except csv.Error as exc:
+        raise SourceError(f"list file '{name}' cannot be read as CSV (line {reader.line_num}): {exc}") from None
     return paths
 
 
 def _from_parquet(location: str, files: Sequence[str] = ()) -> Iterator[Source]:
-    """The rows of the Parquet file ``location``, or of the ``files`` found under the folder ``location``."""
-    import pyarrow as pa
-    import pyarrow.dataset as ds
-
-    try:
-        if _is_uri(location):
-            filesystem, root = _filesystem(location)
-            dataset = ds.dataset(list(files) or root, filesystem=filesystem, format="parquet")
-        else:
-            root, dataset = location, ds.dataset(list(files) or location, format="parquet")
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise SourceError(f"cannot read Parquet source '{location}': {exc}") from None
-    schema = dataset.schema
-    data_column = next((name for name in BYTES_COLUMNS if name in schema.names and _holds_bytes(schema.field(name))),
-                       None)
-    if data_column is None:
-        data_column = next((f.name for f in schema if _holds_bytes(f)), None)
-    has_path = "path" in schema.names
-    if has_path and not pa.types.is_string(schema.field("path").type) \
-            and not pa.types.is_large_string(schema.field("path").type):
-        raise SourceError(f"Parquet source '{location}': its 'path' column holds {schema.field('path').type}, "
-                          "not text")
-    if data_column is None and not has_path:
-        raise SourceError(f"Parquet source '{location}' has neither a 'path' column nor a column of image bytes "
-                          f"(its columns: {', '.join(schema.names)})")
-    columns = [c for c in ("path", data_column) if c is not None and (c == data_column or has_path)]
+    """The rows of the Parquet file ``location``, or of the ``files`` found under the folder ``location``
+    (each file read with its own columns)."""
+    if _is_uri(location):
+        filesystem, root = _filesystem(location)
+    else:
+        filesystem, root = None, location
     rows = 0
-    try:
-        for fragment in sorted(dataset.get_fragments(), key=lambda f: f.path):
-            table = _child(location, root, fragment.path)
-            row = 0
-            for batch in fragment.to_batches(schema=schema, columns=columns, batch_size=256):
-                paths = batch.column("path").to_pylist() if has_path else [None] * batch.num_rows
-                datas = _bytes_of(batch.column(data_column)) if data_column else [None] * batch.num_rows
-                for path, data in zip(paths, datas):
-                    # a row with neither path nor bytes is named by its place, and becomes an error row
-                    yield Source(path) if data is None and path else Source(f"{table}#{row}", data)
-                    row += 1
-            rows += row
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise SourceError(f"cannot read Parquet source '{location}': {exc}") from None
+    for file in sorted(files) or [root]:
+        for source in _table_sources(_child(location, root, file), file, filesystem):
+            rows += 1
+            yield source
     if not rows:
         raise SourceError(f"Parquet source '{location}' has no rows, so names no image")
+
+
+def _table_sources(name: str, file: str, filesystem) -> Iterator[Source]:
+    """One source per row of the Parquet file ``file`` (called ``name``): its path, or its bytes as ``name#ROW``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(file if filesystem is None else filesystem.open_input_file(file))
+        schema = table.schema_arrow
+        data_column = next((c for c in BYTES_COLUMNS if c in schema.names and _holds_bytes(schema.field(c))), None)
+        data_column = data_column or next((f.name for f in schema if _holds_bytes(f)), None)
+        has_path = "path" in schema.names
+        if has_path and not _holds_text(schema.field("path").type):
+            raise SourceError(f"Parquet source '{name}': its 'path' column holds {schema.field('path').type}, "
+                              "not text")
+        if data_column is None and not has_path:
+            raise SourceError(f"Parquet source '{name}' has neither a 'path' column nor a column of image bytes "
+                              f"(its columns: {', '.join(schema.names)})")
+        columns = [c for c in ("path", data_column) if c is not None and (c == data_column or has_path)]
+        row = 0
+        for batch in table.iter_batches(batch_size=256, columns=columns):
+            paths = batch.column("path").to_pylist() if has_path else [None] * batch.num_rows
+            datas, inner = _bytes_of(batch.column(data_column)) if data_column else ([None] * batch.num_rows,) * 2
+            for path, data, inner_path in zip(paths, datas, inner):
+                path = path or inner_path  # a Hugging Face image struct may hold a path instead of bytes
+                if data is not None or not path:
+                    yield Source(f"{name}#{row}", data, None if data is not None else
+                                 f"row {row} of Parquet table '{name}' has neither a path nor image bytes")
+                else:
+                    yield Source(path)
+                row += 1
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise SourceError(f"cannot read Parquet source '{name}': {exc}") from None
 
 
 def _child(location: str, root: str, path: str) -> str:
@@ -264,12 +286,24 @@ def _holds_bytes(field) -> bool:
         f.name == "bytes" and (pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)) for f in field.type)
 
 
-def _bytes_of(column) -> list[bytes | None]:
+def _holds_text(kind) -> bool:
+    """Whether a column of ``kind`` holds text (plain, large, view or dictionary-encoded, as pandas writes categories)."""
     import pyarrow as pa
 
-    if pa.types.is_struct(column.type):
-        column = column.field("bytes")
-    return column.to_pylist()
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
+
+
+def _bytes_of(column) -> tuple[list[bytes | None], list[str | None]]:
+    """A bytes column's values, and for a struct of ``bytes`` and ``path`` (Hugging Face's images) the paths too."""
+    import pyarrow as pa
+
+    if not pa.types.is_struct(column.type):
+        return column.to_pylist(), [None] * len(column)
+    kind = column.type
+    has_path = kind.get_field_index("path") >= 0 and _holds_text(kind.field("path").type)
+    return column.field("bytes").to_pylist(), column.field("path").to_pylist() if has_path else [None] * len(column)
 
 
 def _must_exist(path: str) -> None:

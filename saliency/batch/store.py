@@ -108,6 +108,9 @@ class Store:
             except (OSError, pa.ArrowInvalid, KeyError) as exc:
                 raise StoreError(f"cannot read '{path}' in --out '{self.dest}' ({exc}); it is damaged or not one "
                                  "of this job's shards: move it away (a rerun redoes its sources)") from None
+            if _job_of(table.schema) != self.job:
+                raise StoreError(f"'{path}' in --out '{self.dest}' is not one of this job's shards (its schema does "
+                                 "not record this job); move it away, or choose another --out")
             for source, error in zip(table.column("source").to_pylist(), table.column("error").to_pylist()):
                 found[source] = found.get(source, False) or error is not None
         return found
@@ -121,7 +124,7 @@ class Store:
         import pyarrow.parquet as pq
 
         table = self.table(rows)
-        digest = hashlib.sha1("\n".join(sorted({r["source"] for r in rows})).encode()).hexdigest()[:20]
+        digest = hashlib.sha1(json.dumps(sorted({r["source"] for r in rows})).encode()).hexdigest()[:20]
         name = f"part-{digest}.parquet"
         temp = self._temporary(name)
         try:
@@ -193,6 +196,14 @@ class Store:
         except OSError as exc:
             _delete_quietly(self.filesystem, temp)
             raise StoreError(f"cannot write in --out '{self.dest}': {exc}") from None
+
+
+def _job_of(schema) -> Any:
+    """The job a shard's schema records (see :func:`schema`), or None."""
+    try:
+        return json.loads((schema.metadata or {})[b"saliency.job"])
+    except (KeyError, ValueError):
+        return None
 
 
 def _parts(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> Iterable[list[Mapping[str, Any]]]:

@@ -68,7 +68,8 @@ class JobSpec:
                 "topk": None if self.targets else self.topk, "reduce": self.reduce,
                 "input": list(p.shape), "preprocessing": {"resize": p.resize, "mean": list(p.mean),
                                                           "std": list(p.std), "interpolation": p.interpolation},
-                "labels": "sha256:" + hashlib.sha256("\n".join(loaded.labels).encode()).hexdigest()}
+                "labels": "sha256:" + hashlib.sha256("\n".join(loaded.labels).encode()).hexdigest(),
+                "png": os.path.abspath(self.png) if self.png and "://" not in self.png else self.png}
 
     def classes(self, loaded: LoadedModel) -> Classes:
         """The class choice for ``loaded`` (labels resolved to indices, unit strings to units)."""
@@ -143,7 +144,7 @@ def write_pictures(rows: Sequence[Mapping[str, Any]], spec: JobSpec, model_name:
     for drawn in render(explained, spec.methods, "heatmap", alpha=DEFAULT_ALPHA, cmap=DEFAULT_CMAP,
                         percentile=DEFAULT_PERCENTILE):
         row = good[drawn.image]
-        save_png(drawn.picture, folder / picture_name(row["source"], drawn.method, row["label"]),
+        save_png(drawn.picture, folder / picture_name(row["source"], drawn.method, row["label"], row["target"]),
                  {"method": drawn.method, "target": row["label"], "model": model_name, "source": row["source"]})
 
 
@@ -151,15 +152,17 @@ PICTURE_NAME_PART = 80
 """Characters kept of a picture's stem and of its label: a file name must stay under 255 bytes."""
 
 
-def picture_name(source: str, method: str, label: str) -> str:
-    """``STEM-HASH-METHOD-LABEL.png``: readable, and unique for sources that share a file name (a long stem or
-    label is cut; the hash, of the whole source, still tells them apart)."""
+def picture_name(source: str, method: str, label: str, target: int = -1) -> str:
+    """``STEM-HASH-METHOD-CLASS-LABEL.png`` (``STEM-HASH-METHOD-LABEL.png`` for a unit): readable, and unique
+    for sources that share a file name (HASH is of the whole source) and for classes whose labels read alike
+    (CLASS is the index); a long stem or label is cut."""
     stem = os.path.splitext(os.path.basename(source.split("#")[0].rstrip("/")))[0] or "image"
     digest = hashlib.sha1(source.encode()).hexdigest()[:8]
     label = slug(label)
     if len(label) > PICTURE_NAME_PART:  # two long labels of one source stay apart
         label = label[:PICTURE_NAME_PART - 9] + "_" + hashlib.sha1(label.encode()).hexdigest()[:8]
-    return f"{slug(stem, 'image')[:PICTURE_NAME_PART]}-{digest}-{method}-{label}.png"
+    index = f"{target}-" if target >= 0 else ""
+    return f"{slug(stem, 'image')[:PICTURE_NAME_PART]}-{digest}-{method}-{index}{label}.png"
 
 
 def _rows(d: Decoded, e: Explained, labels: Sequence[str], spec: JobSpec) -> list[dict[str, Any]]:

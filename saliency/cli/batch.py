@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{summary.explained} image{'s' * (summary.explained != 1)} explained, {len(summary.failed)} failed, "
           f"{summary.skipped} already in {args.out}{earlier}")
     for source in summary.failed[:SHOWN_FAILURES]:
-        print(f"  failed: {source}", file=sys.stderr)
+        print(f"  failed: {_shown(source)}", file=sys.stderr)
     if len(summary.failed) > SHOWN_FAILURES:
         print(f"  ... and {len(summary.failed) - SHOWN_FAILURES} more (rows with 'error' set)", file=sys.stderr)
     if summary.missing:
@@ -84,6 +84,11 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"{len(summary.failed_before)} sources failed in an earlier run; their rows in {args.out} hold "
                     "the reason (column 'error'), and a rerun does not retry them (docs/batch.md)")
     return 0
+
+
+def _shown(source: str) -> str:
+    """``source`` fit for one line of a terminal: control characters (a newline in a file name) escaped."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in source)
 
 
 class _Bar:
