@@ -308,3 +308,17 @@ def test_failed_sources_are_listed_one_per_line_whatever_their_names(tmp_path, i
     assert main(["batch", str(tmp_path / "images"), "--out", str(tmp_path / "out"), "--method", "guided"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and err[0].endswith("two\\nlines.png")
+
+
+def test_a_second_job_on_the_same_dest_stops_at_once_and_the_first_lets_it_go_when_done(tmp_path, images):
+    from saliency.batch.work import JobSpec
+
+    job = JobSpec(methods=("guided",)).describe(load_model("demo"))
+    with Store(str(tmp_path / "out"), job):  # a job that is running
+        with pytest.raises(StoreError, match="another job is writing to --out"):
+            explain_dataset([str(images[0])], str(tmp_path / "out"), methods=["guided"])
+    summary = explain_dataset([str(images[0])], str(tmp_path / "out"), methods=["guided"])
+    assert summary.explained == 1 and sources_in(tmp_path / "out") == [str(images[0])]
+    with pytest.raises(StoreError, match="differs in methods"):  # a refused job leaves DEST free too
+        explain_dataset([str(images[1])], str(tmp_path / "out"), methods=["vanilla"])
+    assert explain_dataset([str(images[1])], str(tmp_path / "out"), methods=["guided"]).explained == 1

@@ -94,33 +94,35 @@ def explain_dataset(sources: Sequence[str], out: str, *, model: str | LoadedMode
     listed = list(list_sources(sources, exclude=(out, png)))  # a bad SOURCE fails here, before DEST is touched
     store = Store(os.fspath(out), spec.describe(loaded))
     _make_folder(spec.png)
-    store.open()
-    recorded = {source_key(source): failed for source, failed in store.recorded().items()}
-    todo = [s for s in listed if source_key(s.id) not in recorded]
-    summary = Summary(skipped=len(listed) - len(todo),
-                      failed_before=[s.id for s in listed if recorded.get(source_key(s.id))])
-    counts = [0, 0]
+    with store:  # holds DEST until the job ends
+        recorded = {source_key(source): failed for source, failed in store.recorded().items()}
+        todo = [s for s in listed if source_key(s.id) not in recorded]
+        summary = Summary(skipped=len(listed) - len(todo),
+                          failed_before=[s.id for s in listed if recorded.get(source_key(s.id))])
+        counts = [0, 0]
 
-    def report(images: int, failed: int) -> None:
-        counts[0] += images
-        counts[1] += failed
-        if progress is not None:
-            progress(counts[0], counts[1], len(todo))
+        def report(images: int, failed: int) -> None:
+            counts[0] += images
+            counts[1] += failed
+            if progress is not None:
+                progress(counts[0], counts[1], len(todo))
 
-    report(0, 0)
-    if engine == "ray":
-        from saliency.batch.ray_engine import run_ray
+        report(0, 0)
+        if engine == "ray":
+            from saliency.batch.ray_engine import run_ray
 
-        summary.explained, summary.failed = run_ray(spec, loaded, todo, store, shard_size, report,
-                                                    workers=workers, gpus_per_worker=gpus_per_worker, address=address)
-        written = {source_key(s) for s in store.done()}  # a shard lost with a node Ray did not retry
-        summary.missing = [s.id for s in todo if source_key(s.id) not in written]
-    else:
-        from saliency.batch.local import run_local
-        from saliency.pipeline import no_stage
+            summary.explained, summary.failed = run_ray(spec, loaded, todo, store, shard_size, report,
+                                                        workers=workers, gpus_per_worker=gpus_per_worker,
+                                                        address=address)
+            written = {source_key(s) for s in store.done()}  # a shard lost with a node Ray did not retry
+            summary.missing = [s.id for s in todo if source_key(s.id) not in written]
+        else:
+            from saliency.batch.local import run_local
+            from saliency.pipeline import no_stage
 
-        summary.explained, summary.failed = run_local(spec, loaded, todo, store, shard_size, report, stage or no_stage)
-    return summary
+            summary.explained, summary.failed = run_local(spec, loaded, todo, store, shard_size, report,
+                                                          stage or no_stage)
+        return summary
 
 
 def _check_outputs(out: str, png: str | None) -> None:

@@ -287,7 +287,7 @@ def _holds_bytes(field) -> bool:
 
 
 def _holds_text(kind) -> bool:
-    """Whether a column of ``kind`` holds text (plain, large, view or dictionary-encoded, as pandas writes categories)."""
+    """Whether a column of ``kind`` holds text: plain, large, view or dictionary-encoded (a pandas category)."""
     import pyarrow as pa
 
     if pa.types.is_dictionary(kind):

@@ -20,6 +20,7 @@ import numpy as np
 from saliency.errors import SaliencyError
 
 JOB_FILE = "_job.json"
+LOCK_FILE = ".lock"
 TEMP_PREFIX = ".tmp-"
 MAX_VALUES_PER_SHARD = 2**31 - 1
 """Map values one shard's column may hold (an Arrow list's offsets are int32); more go to further shards."""
@@ -58,10 +59,12 @@ class Store:
         except Exception as exc:
             raise StoreError(f"cannot open --out {dest!r}: {exc}") from None
         self.schema = schema(job["methods"], job["reduce"], job)
+        self._lock = None
         self.map_columns = tuple(f"map_{m}" for m in job["methods"])
 
     def open(self) -> None:
-        """Create DEST if needed, check it holds this job (or nothing), and clear half-written temporary files."""
+        """Create DEST if needed, hold it for this job, check it holds this job (or nothing), and clear
+        half-written temporary files."""
         from pyarrow import fs
 
         info = self.filesystem.get_file_info(self.root)
@@ -79,12 +82,49 @@ class Store:
                 raise StoreError(f"--out '{self.dest}' is not empty (it holds {', '.join(held[:3])}"
                                  f"{', ...' if len(held) > 3 else ''}) and has no {JOB_FILE}, so no saliency "
                                  "batch job started it; choose an empty or new folder")
-            self._write_atomic(JOB_FILE, json.dumps(self.job, indent=2, sort_keys=True).encode())
         elif recorded != self.job:
             changed = sorted(k for k in set(recorded) | set(self.job) if recorded.get(k) != self.job.get(k))
             raise StoreError(f"--out '{self.dest}' holds the results of another job (it differs in "
                              f"{', '.join(changed)}); rerun with the same settings to resume, or choose another --out")
-        self.clear_temporary()
+        self._hold()
+        try:
+            if recorded is None:
+                self._write_atomic(JOB_FILE, json.dumps(self.job, indent=2, sort_keys=True).encode())
+            self.clear_temporary()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Let DEST go (see :meth:`open`); the shards stay."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self) -> Store:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _hold(self) -> None:
+        """On a local DEST, take ``.lock`` for as long as this process lives (the system lets it go when the job
+        ends, also when it is killed), so that a second job on the same DEST stops at once."""
+        import fcntl
+        from pyarrow import fs
+
+        if not isinstance(self.filesystem, fs.LocalFileSystem):
+            return  # object stores have no locks: one job at a time is up to the user there
+        try:
+            self._lock = open(f"{self.root}/{LOCK_FILE}", "a")
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.close()
+            raise StoreError(f"another job is writing to --out '{self.dest}'; wait for it to end, or choose "
+                             "another --out") from None
+        except OSError as exc:
+            raise StoreError(f"cannot write in --out '{self.dest}': {exc.strerror or exc}") from None
 
     def clear_temporary(self) -> None:
         """Delete the temporary files of writers that were killed mid-write (their shards are redone or retried)."""
