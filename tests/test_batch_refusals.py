@@ -322,3 +322,56 @@ def test_a_second_job_on_the_same_dest_stops_at_once_and_the_first_lets_it_go_wh
     with pytest.raises(StoreError, match="differs in methods"):  # a refused job leaves DEST free too
         explain_dataset([str(images[1])], str(tmp_path / "out"), methods=["vanilla"])
     assert explain_dataset([str(images[1])], str(tmp_path / "out"), methods=["guided"]).explained == 1
+
+
+def test_a_bytes_table_through_a_link_is_the_same_rows(tmp_path, images):
+    pq.write_table(pa.table({"image": [p.read_bytes() for p in images]}), tmp_path / "t.parquet")
+    os.symlink(tmp_path / "t.parquet", tmp_path / "link.parquet")
+    assert ids([tmp_path / "t.parquet", tmp_path / "link.parquet"]) == [f"{tmp_path / 't.parquet'}#{i}"
+                                                                           for i in range(3)]
+
+
+def test_a_link_into_the_png_folder_is_not_a_source(tmp_path, images):
+    explain_dataset([str(tmp_path / "images")], str(tmp_path / "out"), methods=["guided"], png=tmp_path / "png")
+    (picture,) = [p for p in (tmp_path / "png").iterdir() if p.name.startswith("img000")]
+    os.symlink(picture, tmp_path / "images" / "linked.png")
+    again = explain_dataset([str(tmp_path / "images")], str(tmp_path / "out"), methods=["guided"],
+                            png=tmp_path / "png")
+    assert (again.explained, again.skipped) == (0, 3)
+
+
+@pytest.mark.parametrize("name", ["list.txt", "table.parquet"])
+def test_a_list_or_table_that_is_a_pipe_is_refused_not_waited_on(tmp_path, capsys, name):
+    os.mkfifo(tmp_path / name)
+    err = one_line_error(capsys, tmp_path / name, "--out", tmp_path / "out")
+    assert "is not a regular file" in err
+
+
+def test_the_library_takes_one_source_paths_and_a_single_target(tmp_path, images):
+    summary = explain_dataset(tmp_path / "images", tmp_path / "out", methods="guided", targets="star")
+    assert summary.explained == 3 and {r["label"] for r in rows(tmp_path / "out").to_pylist()} == {"star"}
+    again = explain_dataset(str(tmp_path / "images"), str(tmp_path / "out"), methods=["guided"], targets=["star"])
+    assert again.skipped == 3
+
+
+@pytest.mark.parametrize("bad", [{"shard_size": 0}, {"shard_size": -3}, {"batch_size": 1.5}, {"topk": 2.5},
+                                 {"topk": True}, {"max_pixels": 0}, {"png": ""}, {"png": "s3://bucket/pictures"}])
+def test_bad_library_arguments_are_refused_before_dest(tmp_path, images, bad):
+    with pytest.raises(OptionError):
+        explain_dataset([str(images[0])], str(tmp_path / "out"), **bad)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("device", ["meta", "xpu", "hpu"])
+def test_devices_torch_cannot_use_are_one_line(tmp_path, images, capsys, device):
+    err = one_line_error(capsys, images[0], "--out", tmp_path / "out", "--device", device)
+    assert f"--device {device}" in err and not (tmp_path / "out").exists()
+
+
+def test_a_folder_in_dest_named_like_a_shard_is_named_in_one_line(tmp_path, images, capsys):
+    explain_dataset([str(images[0])], str(tmp_path / "out"), methods=["guided"])
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "x.parquet")
+    (tmp_path / "out" / "sub.parquet").mkdir()
+    os.replace(tmp_path / "x.parquet", tmp_path / "out" / "sub.parquet" / "x.parquet")
+    err = one_line_error(capsys, images[1], "--out", tmp_path / "out", "--method", "guided")
+    assert "sub.parquet" in err

@@ -58,15 +58,16 @@ class Summary:
         return not self.failed and not self.missing and not self.failed_before
 
 
-def explain_dataset(sources: Sequence[str], out: str, *, model: str | LoadedModel = "demo",
-                    methods: Sequence[str] = RULE_METHODS, engine: str = "local", topk: int = 1,
+def explain_dataset(sources: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike, *,
+                    model: str | LoadedModel = "demo", methods: Sequence[str] = RULE_METHODS, engine: str = "local", topk: int = 1,
                     targets: Sequence[str | int] = (), options: dict[str, str] | None = None,
                     reduce: str = "none", batch_size: int = 16, shard_size: int = DEFAULT_SHARD_SIZE,
                     png: str | os.PathLike | None = None, workers: int = 1, gpus_per_worker: float = 0,
                     address: str | None = None, device: str | None = None, max_pixels: int = MAX_PIXELS,
                     progress: Callable[[int, int, int], None] | None = None, stage: Stage | None = None,
                     **model_options) -> Summary:
-    """Explain every image ``sources`` name into the Parquet dataset ``out``; rerun to resume.
+    """Explain every image ``sources`` name (one SOURCE, or a sequence of them) into the Parquet dataset ``out``;
+    rerun to resume.
 
     ``sources``: image files, folders, globs, list files, Parquet tables, URIs (see
     :func:`saliency.batch.sources.list_sources`). Sources already in ``out`` are skipped. Each image
@@ -80,6 +81,10 @@ def explain_dataset(sources: Sequence[str], out: str, *, model: str | LoadedMode
     ``stage(name)``: with the local engine, a context manager around what its driving thread does —
     ``"decode"`` and ``"write"`` (waiting for those stages), ``"explain"`` — e.g. a timer.
     """
+    sources = [os.fspath(s) for s in ([sources] if isinstance(sources, (str, os.PathLike)) else sources)]
+    targets = [targets] if isinstance(targets, (str, int)) else targets
+    for name, value in (("shard_size", shard_size), ("max_pixels", max_pixels), ("workers", workers)):
+        _check_count(name, value)
     spec = _spec(model, methods, topk, targets, options, reduce, batch_size, png, device, engine, model_options)
     spec = dataclasses.replace(spec, max_pixels=max_pixels)
     _check_outputs(os.fspath(out), spec.png)
@@ -129,6 +134,8 @@ def _check_outputs(out: str, png: str | None) -> None:
     """DEST must be named, and the pictures must not land inside it (Parquet readers would take them for shards)."""
     if not out.strip():
         raise StoreError("--out is empty; give a folder or URI for the Parquet dataset")
+    if png is not None and (not png.strip() or "://" in png):
+        raise OptionError(f"--png {png!r}: give a local folder for the pictures")
     for flag, name in (("--out", out), ("--png", png)):
         if name is not None and printable(name) != name:
             raise OptionError(f"{flag} {printable(name)!r} is not UTF-8 text; choose a name that is")
@@ -140,9 +147,15 @@ def _check_outputs(out: str, png: str | None) -> None:
                           "take the pictures for shards; choose a folder outside it")
 
 
+def _check_count(name: str, value: Any) -> None:
+    """``value`` must be a whole number of at least 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise OptionError(f"{name} must be a whole number of at least 1, got {value!r}")
+
+
 def _make_folder(png: str | None) -> None:
     """The pictures' folder, made before any work so that one that cannot be made stops the job at once."""
-    if png is None or "://" in png:
+    if png is None:
         return
     try:
         os.makedirs(png, exist_ok=True)
@@ -160,12 +173,12 @@ def _spec(model, methods, topk, targets, options, reduce, batch_size, png, devic
         raise OptionError(f"unknown reduction {reduce!r}; choose from {', '.join(REDUCTIONS)}")
     chosen = resolve_methods(methods)
     resolve_options(chosen, options)
-    if topk < 1 or batch_size < 1:
-        raise OptionError("topk and batch_size must be at least 1")
+    _check_count("topk", topk)
+    _check_count("batch_size", batch_size)
     unknown = set(model_options) - {"weights", "labels", "input_size", "resize", "mean", "std"}
     if unknown:
         raise OptionError(f"unknown model option(s) {', '.join(sorted(unknown))}")
     return JobSpec(model=model, methods=tuple(m.name for m in chosen),
                    options=tuple(sorted((k, str(v)) for k, v in (options or {}).items())),
                    targets=tuple(str(t) for t in targets), topk=topk, reduce=reduce, batch_size=batch_size,
-                   png=os.fspath(png) if png else None, device=device, **model_options)
+                   png=os.fspath(png) if png is not None else None, device=device, **model_options)

@@ -95,7 +95,11 @@ def source_key(identity: str) -> str:
 
 
 def _key(path: str) -> str:
-    """``path`` resolved as the file system resolves it (``link/..`` is the link's target's parent), normalised."""
+    """``path`` resolved as the file system resolves it (``link/..`` is the link's target's parent), normalised;
+    for a table's row (``TABLE#ROW``), the table's."""
+    table, sep, row = path.rpartition("#")
+    if sep and row.isdigit() and table.lower().endswith(PARQUET_SUFFIXES) and not os.path.lexists(path):
+        return _key(table) + sep + row
     folder, name = os.path.split(path)
     resolved = os.path.join(_real_folder(os.path.join(os.getcwd(), folder)), name)
     if name and os.path.islink(resolved):
@@ -171,8 +175,11 @@ def _files_under(folder: str, skip: frozenset[str], wanted) -> list[str]:
             if entry.is_dir(follow_symlinks=False):
                 if not entry.name.startswith(".") and _key(entry.path) not in skip:
                     folders.append(entry.path)
-            elif wanted(entry.name) and (entry.is_symlink() or entry.is_file(follow_symlinks=False)):
-                found.append(entry.path)  # a link stays, also a broken one: its error row says why
+            elif entry.is_symlink():
+                if wanted(entry.name) and not _inside(entry.path, skip):  # a link into the job's outputs goes
+                    found.append(entry.path)  # a broken link stays: its error row says why
+            elif wanted(entry.name) and entry.is_file(follow_symlinks=False):
+                found.append(entry.path)
     return found
 
 
@@ -307,8 +314,11 @@ def _bytes_of(column) -> tuple[list[bytes | None], list[str | None]]:
 
 
 def _must_exist(path: str) -> None:
+    """A list or table named as SOURCE must be a file that can be read to its end."""
     if not os.path.exists(path):
         raise SourceError(f"source '{path}' does not exist; check the path")
+    if not os.path.isfile(path):
+        raise SourceError(f"source '{path}' is not a regular file (a pipe, socket or device); give a file")
 
 
 def _is_uri(text: str) -> bool:

@@ -74,6 +74,18 @@ class Store:
             self.filesystem.create_dir(self.root, recursive=True)
         except OSError as exc:
             raise StoreError(f"cannot create --out '{self.dest}': {exc}") from None
+        self._check()  # before the lock: a folder that is not a job's gets no .lock either
+        self._hold()
+        try:
+            if self._check() is None:  # again: another job may have started it meanwhile
+                self._write_atomic(JOB_FILE, json.dumps(self.job, indent=2, sort_keys=True).encode())
+            self.clear_temporary()
+        except BaseException:
+            self.close()
+            raise
+
+    def _check(self) -> dict[str, Any] | None:
+        """The job DEST records (None: DEST is empty); refused if it is another job's, or not a job's."""
         recorded = self._recorded_job()
         if recorded is None:
             held = sorted(i.base_name for i in self.filesystem.get_file_info(_selector(self.root))
@@ -86,14 +98,7 @@ class Store:
             changed = sorted(k for k in set(recorded) | set(self.job) if recorded.get(k) != self.job.get(k))
             raise StoreError(f"--out '{self.dest}' holds the results of another job (it differs in "
                              f"{', '.join(changed)}); rerun with the same settings to resume, or choose another --out")
-        self._hold()
-        try:
-            if recorded is None:
-                self._write_atomic(JOB_FILE, json.dumps(self.job, indent=2, sort_keys=True).encode())
-            self.clear_temporary()
-        except BaseException:
-            self.close()
-            raise
+        return recorded
 
     def close(self) -> None:
         """Let DEST go (see :meth:`open`); the shards stay."""
@@ -146,7 +151,8 @@ class Store:
             try:
                 table = pq.read_table(path, columns=["source", "error"], filesystem=self.filesystem)
             except (OSError, pa.ArrowInvalid, KeyError) as exc:
-                raise StoreError(f"cannot read '{path}' in --out '{self.dest}' ({exc}); it is damaged or not one "
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise StoreError(f"cannot read '{path}' in --out '{self.dest}' ({reason}); it is damaged or not one "
                                  "of this job's shards: move it away (a rerun redoes its sources)") from None
             if _job_of(table.schema) != self.job:
                 raise StoreError(f"'{path}' in --out '{self.dest}' is not one of this job's shards (its schema does "

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from saliency.batch.decoding import Decoded
+from saliency.errors import SaliencyError
 from saliency.images import MAX_PIXELS
 from saliency.models import LoadedModel, load_model
 from saliency.models.weights import file_digest
@@ -69,7 +70,7 @@ class JobSpec:
                 "input": list(p.shape), "preprocessing": {"resize": p.resize, "mean": list(p.mean),
                                                           "std": list(p.std), "interpolation": p.interpolation},
                 "labels": "sha256:" + hashlib.sha256("\n".join(loaded.labels).encode()).hexdigest(),
-                "png": os.path.abspath(self.png) if self.png and "://" not in self.png else self.png}
+                "png": os.path.abspath(self.png) if self.png else None}
 
     def classes(self, loaded: LoadedModel) -> Classes:
         """The class choice for ``loaded`` (labels resolved to indices, unit strings to units)."""
@@ -144,8 +145,12 @@ def write_pictures(rows: Sequence[Mapping[str, Any]], spec: JobSpec, model_name:
     for drawn in render(explained, spec.methods, "heatmap", alpha=DEFAULT_ALPHA, cmap=DEFAULT_CMAP,
                         percentile=DEFAULT_PERCENTILE):
         row = good[drawn.image]
-        save_png(drawn.picture, folder / picture_name(row["source"], drawn.method, row["label"], row["target"]),
-                 {"method": drawn.method, "target": row["label"], "model": model_name, "source": row["source"]})
+        path = folder / picture_name(row["source"], drawn.method, row["label"], row["target"])
+        try:
+            save_png(drawn.picture, path, {"method": drawn.method, "target": row["label"], "model": model_name,
+                                           "source": row["source"]})
+        except OSError as exc:
+            raise SaliencyError(f"cannot write picture '{path}' in --png '{folder}': {exc.strerror or exc}") from None
 
 
 PICTURE_NAME_PART = 80

@@ -300,6 +300,14 @@ def check_device(device) -> None:
                             f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise SaliencyError(f"--device {device}: Apple's MPS backend is not available here; use --device cpu")
+    if device.type == "meta":
+        raise SaliencyError("--device meta holds no values, so nothing can be explained on it; use --device cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        try:
+            torch.empty(1, device=device)
+        except Exception as exc:  # noqa: BLE001 - each backend fails in its own way where it is missing
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise SaliencyError(f"--device {device}: torch cannot use it here ({reason}); use --device cpu") from None
 
 
 # --- input images ------------------------------------------------------------------------------
