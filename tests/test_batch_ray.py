@@ -95,3 +95,22 @@ def test_model_actors_start_with_the_malloc_settings_in_their_environment(local_
     expected = malloc_environment()
     assert expected and ray.get(probe.environment.remote(list(expected))) == expected
     ray.kill(probe)
+
+
+@pytest.mark.timeout(240)
+def test_relative_paths_are_the_drivers_not_the_workers(tmp_path, local_ray, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the Ray workers started in another folder
+    write_images(tmp_path / "images", 3)
+    summary = explain_dataset(["images"], "out", methods=["guided"], png="pictures", engine="ray")
+    assert summary.explained == 3 and summary.ok
+    assert sorted(rows(tmp_path / "out").column("source").to_pylist()) == [f"images/img00{i}.png" for i in range(3)]
+    assert len(os.listdir(tmp_path / "pictures")) == 3
+
+
+def test_gpus_the_cluster_lacks_are_refused_before_dest(tmp_path, local_ray):
+    from saliency.errors import SaliencyError
+
+    write_images(tmp_path / "images", 1)
+    with pytest.raises(SaliencyError, match="the Ray cluster has 0 GPU"):
+        explain_dataset([str(tmp_path / "images")], str(tmp_path / "out"), engine="ray", gpus_per_worker=1)
+    assert not (tmp_path / "out").exists()

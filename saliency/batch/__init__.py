@@ -97,6 +97,10 @@ def explain_dataset(sources: str | os.PathLike | Sequence[str | os.PathLike], ou
 
     check_units(loaded, spec.classes(loaded).fixed)  # a unit the model lacks fails here too
     listed = list(list_sources(sources, exclude=(out, png)))  # a bad SOURCE fails here, before DEST is touched
+    if engine == "ray":  # a cluster that cannot be joined, or can never run the job, fails before DEST is made
+        from saliency.batch.ray_engine import check_resources, connect
+
+        check_resources(connect(address), gpus_per_worker)
     store = Store(os.fspath(out), spec.describe(loaded))
     _make_folder(spec.png)
     with store:  # holds DEST until the job ends

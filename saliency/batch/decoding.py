@@ -36,11 +36,12 @@ class Decoded:
     error: str | None = None
 
 
-def decode(source: Source, preprocessing: Preprocessing, max_pixels: int = MAX_PIXELS) -> Decoded:
+def decode(source: Source, preprocessing: Preprocessing, max_pixels: int = MAX_PIXELS,
+           base: str | None = None) -> Decoded:
     """Read, decode and prepare one source, as :func:`saliency.pipeline.prepare` does; any problem with it becomes
     its one-line ``error``."""
     try:
-        array, original, box = preprocessing.to_array(open_image(source.read(), max_pixels=max_pixels))
+        array, original, box = preprocessing.to_array(open_image(source.read(base), max_pixels=max_pixels))
     except SaliencyError as exc:
         return Decoded(source.id, error=str(exc))
     except (MemoryError, RecursionError):
@@ -56,7 +57,7 @@ def decode_all(sources: Sequence[Source], preprocessing: Preprocessing, max_pixe
     return [decode(s, preprocessing, max_pixels) for s in sources]
 
 
-def decode_table(table: Any, preprocessing: Preprocessing, max_pixels: int) -> Any:
+def decode_table(table: Any, preprocessing: Preprocessing, max_pixels: int, base: str | None = None) -> Any:
     """Ray's decode task: a table of sources (``source``, ``data``, ``problem``) → a table of model inputs (raw
     float32 bytes) or errors, one row each (:func:`from_row` reads one back); the table's other columns come along."""
     import pyarrow as pa
@@ -64,7 +65,7 @@ def decode_table(table: Any, preprocessing: Preprocessing, max_pixels: int) -> A
     columns = [table.column(c).to_pylist() if c in table.column_names else [None] * table.num_rows
                for c in SOURCE_COLUMNS]
     sources = [Source(*fields) for fields in zip(*columns)]
-    rows = decode_all(sources, preprocessing, max_pixels)
+    rows = [decode(s, preprocessing, max_pixels, base) for s in sources]
     decoded = pa.table({
         "source": [r.source for r in rows],
         "pixels": pa.array([None if r.tensor is None else r.tensor.tobytes() for r in rows], pa.binary()),

@@ -96,6 +96,8 @@ def run_ray(spec: JobSpec, loaded: LoadedModel, sources: Sequence[Source], store
     shared = _shared_model(ray, loaded)
     if shared:  # the actors take the model from the store: the spec need not carry it a second time
         spec = dataclasses.replace(spec, model=loaded.name)
+    if spec.png:
+        spec = dataclasses.replace(spec, png=os.path.abspath(spec.png))
     items = [{"source": s.id, "data": s.data, "problem": s.problem} for s in sources]
     dataset = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / shard_size)))
     cpus = ray.cluster_resources().get("CPU", 1.0)
@@ -104,24 +106,54 @@ def run_ray(spec: JobSpec, loaded: LoadedModel, sources: Sequence[Source], store
     # task that must run again (it ran there, or its output was stored there) would wait forever.
     decoded = dataset.map_batches(decode_table, batch_size=shard_size, batch_format="pyarrow",
                                   num_cpus=0, compute=ray.data.TaskPoolStrategy(size=decode_tasks(cpus, workers)),
-                                  fn_kwargs={"preprocessing": loaded.preprocessing, "max_pixels": spec.max_pixels})
+                                  fn_kwargs={"preprocessing": loaded.preprocessing, "max_pixels": spec.max_pixels,
+                                             "base": os.getcwd()})  # a worker's own folder is not the driver's
     summaries = decoded.map_batches(
         _Explainer, batch_size=shard_size, batch_format="pyarrow",
-        fn_constructor_kwargs={"spec": spec, "dest": store.dest, "job": store.job, "gpus": gpus_per_worker,
+        fn_constructor_kwargs={"spec": spec, "dest": _absolute(store.dest), "job": store.job, "gpus": gpus_per_worker,
                                "threads": torch_threads(cpus, workers), "shared": shared},
         compute=ray.data.ActorPoolStrategy(size=workers),
         **model_actor_options(cpus, workers, gpus_per_worker))  # restarted after a lost node,
     # and their calls retried, by Ray Data's defaults (max_restarts=-1, max_task_retries=-1)
     explained, failed = 0, []
-    for summary in summaries.iter_batches(batch_size=None, batch_format="pyarrow"):
-        counts = summary.column("explained").to_pylist()
-        errors = [s for s, bad in zip(summary.column("source").to_pylist(), summary.column("failed").to_pylist())
-                  if bad]
-        explained += sum(counts)
-        failed += errors
-        progress(sum(counts) + len(errors), len(errors))
+    try:
+        for summary in summaries.iter_batches(batch_size=None, batch_format="pyarrow"):
+            counts = summary.column("explained").to_pylist()
+            errors = [s for s, bad in zip(summary.column("source").to_pylist(),
+                                          summary.column("failed").to_pylist()) if bad]
+            explained += sum(counts)
+            failed += errors
+            progress(sum(counts) + len(errors), len(errors))
+    except (SaliencyError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # Ray wraps what a task or actor raised: its reason, in one line
+        raise SaliencyError(_reason(exc)) from None
     store.clear_temporary()  # a writer killed with a lost node left one; Ray retried its call, which wrote it whole
     return explained, failed
+
+
+def check_resources(ray: Any, gpus_per_worker: float) -> None:
+    """One clear error, before any work, where no model actor could ever start (Ray would wait for ever)."""
+    gpus = ray.cluster_resources().get("GPU", 0.0)
+    if gpus_per_worker and gpus < gpus_per_worker:
+        raise SaliencyError(f"--gpus-per-worker {gpus_per_worker:g}: the Ray cluster has {gpus:g} GPU(s); "
+                            "use fewer, or none to explain on CPUs")
+
+
+def _reason(exc: BaseException) -> str:
+    """The saliency error inside what Ray raised, else Ray's own first line."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, SaliencyError):
+            return str(seen)
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return f"the Ray job failed: {lines[-1].strip() if lines else type(exc).__name__}"
+
+
+def _absolute(dest: str) -> str:
+    """DEST as every worker must see it: a local path made absolute (a worker's own folder is not the driver's)."""
+    return dest if "://" in dest else os.path.abspath(dest)
 
 
 def prepare_actor(threads: int) -> None:

@@ -32,8 +32,9 @@ class Source:
     data: bytes | None = None
     problem: str | None = None
 
-    def read(self) -> bytes | io.BytesIO | str:
-        """What :func:`saliency.images.open_image` takes: the local path, or the bytes named by ``id``."""
+    def read(self, base: str | None = None) -> bytes | io.BytesIO | str:
+        """What :func:`saliency.images.open_image` takes: the local path (a relative one under ``base``, the
+        folder the job was started in, where given), or the bytes named by ``id``."""
         if self.problem is not None:
             raise ImageError(self.problem)
         if self.data is not None:
@@ -47,7 +48,7 @@ class Source:
                 raise ImageError(f"image file {self.id!r} does not exist; check the path") from None
             except OSError as exc:
                 raise ImageError(f"cannot read image file {self.id!r}: {exc}") from None
-        return self.id
+        return self.id if base is None or os.path.isabs(self.id) else os.path.join(base, self.id)
 
 
 def list_sources(arguments: Sequence[str], exclude: Sequence[str | os.PathLike | None] = ()) -> Iterator[Source]:
