@@ -59,7 +59,8 @@ class Summary:
 
 
 def explain_dataset(sources: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike, *,
-                    model: str | LoadedModel = "demo", methods: Sequence[str] = RULE_METHODS, engine: str = "local", topk: int = 1,
+                    model: str | LoadedModel = "demo", methods: Sequence[str] = RULE_METHODS,
+                    engine: str = "local", topk: int = 1,
                     targets: Sequence[str | int] = (), options: dict[str, str] | None = None,
                     reduce: str = "none", batch_size: int = 16, shard_size: int = DEFAULT_SHARD_SIZE,
                     png: str | os.PathLike | None = None, workers: int = 1, gpus_per_worker: float = 0,

@@ -52,9 +52,10 @@ def decode(source: Source, preprocessing: Preprocessing, max_pixels: int = MAX_P
     return Decoded(source.id, array, width, height, tuple(int(v) for v in box))
 
 
-def decode_all(sources: Sequence[Source], preprocessing: Preprocessing, max_pixels: int = MAX_PIXELS) -> list[Decoded]:
-    """:func:`decode` for each source, in order (one call of a decoding process)."""
-    return [decode(s, preprocessing, max_pixels) for s in sources]
+def decode_all(sources: Sequence[Source], preprocessing: Preprocessing, max_pixels: int = MAX_PIXELS,
+               base: str | None = None) -> list[Decoded]:
+    """:func:`decode` for each source, in order (one call of a decoding process, or of a Ray decode task)."""
+    return [decode(s, preprocessing, max_pixels, base) for s in sources]
 
 
 def decode_table(table: Any, preprocessing: Preprocessing, max_pixels: int, base: str | None = None) -> Any:
@@ -65,7 +66,7 @@ def decode_table(table: Any, preprocessing: Preprocessing, max_pixels: int, base
     columns = [table.column(c).to_pylist() if c in table.column_names else [None] * table.num_rows
                for c in SOURCE_COLUMNS]
     sources = [Source(*fields) for fields in zip(*columns)]
-    rows = [decode(s, preprocessing, max_pixels, base) for s in sources]
+    rows = decode_all(sources, preprocessing, max_pixels, base)
     decoded = pa.table({
         "source": [r.source for r in rows],
         "pixels": pa.array([None if r.tensor is None else r.tensor.tobytes() for r in rows], pa.binary()),

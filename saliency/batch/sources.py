@@ -132,10 +132,10 @@ def _expand(argument: str, skip: frozenset[str]) -> Iterator[Source]:
 
 def _expand_path(path: str, skip: frozenset[str]) -> Iterator[Source]:
     lower = path.lower()
-    if os.path.isdir(path) and _key(path) in skip:
-        raise SourceError(f"source folder '{path}' is also the job's --out or --png folder; "
-                          "write those outside the sources")
     if os.path.isdir(path):
+        if _key(path) in skip:
+            raise SourceError(f"source folder '{path}' is also the job's --out or --png folder; "
+                              "write those outside the sources")
         images = sorted(_files_under(path, skip, _looks_like_image))
         tables = [] if images else sorted(_files_under(path, skip, _is_parquet_name))
         if images:
