@@ -114,3 +114,21 @@ def test_gpus_the_cluster_lacks_are_refused_before_dest(tmp_path, local_ray):
     with pytest.raises(SaliencyError, match="the Ray cluster has 0 GPU"):
         explain_dataset([str(tmp_path / "images")], str(tmp_path / "out"), engine="ray", gpus_per_worker=1)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.timeout(240)
+def test_an_error_raised_in_a_model_actor_ends_the_job_with_its_own_message(tmp_path, local_ray):
+    """A picture that cannot be written (a folder stands at its name): the job ends in the saliency error's line,
+    not in Ray's retry advice."""
+    from saliency.errors import SaliencyError
+
+    images = write_images(tmp_path / "images", 2)
+    explain_dataset([str(p) for p in images], str(tmp_path / "local"), methods=["guided"], png=str(tmp_path / "seen"))
+    for name in os.listdir(tmp_path / "seen"):
+        (tmp_path / "pictures" / name).mkdir(parents=True)
+    with pytest.raises(SaliencyError) as raised:
+        explain_dataset([str(p) for p in images], str(tmp_path / "ray"), methods=["guided"],
+                        png=str(tmp_path / "pictures"), engine="ray")
+    message = str(raised.value)
+    assert message.startswith("cannot write picture '") and "in --png" in message, message
+    assert "\n" not in message

@@ -141,14 +141,25 @@ def check_resources(ray: Any, gpus_per_worker: float) -> None:
 
 
 def _reason(exc: BaseException) -> str:
-    """The saliency error inside what Ray raised, else Ray's own first line."""
+    """The saliency error inside what Ray raised, else Ray's own last line. Ray keeps the object a task raised
+    only as text (its traceback, in the message of the error it wraps it in), so the error is found by its
+    type's name there."""
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, SaliencyError):
             return str(seen)
         seen = getattr(seen, "cause", None) or seen.__cause__
-    lines = [line for line in str(exc).splitlines() if line.strip()]
-    return f"the Ray job failed: {lines[-1].strip() if lines else type(exc).__name__}"
+    names = tuple(f"{kind.__module__}.{kind.__qualname__}: " for kind in _kinds(SaliencyError))
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith(names):
+            return line.split(": ", 1)[1]
+    return f"the Ray job failed: {lines[-1] if lines else type(exc).__name__}"
+
+
+def _kinds(kind: type) -> list[type]:
+    """``kind`` and every subclass of it."""
+    return [kind, *(sub for direct in kind.__subclasses__() for sub in _kinds(direct))]
 
 
 def _absolute(dest: str) -> str:
