@@ -375,3 +375,24 @@ def test_a_folder_in_dest_named_like_a_shard_is_named_in_one_line(tmp_path, imag
     os.replace(tmp_path / "x.parquet", tmp_path / "out" / "sub.parquet" / "x.parquet")
     err = one_line_error(capsys, images[1], "--out", tmp_path / "out", "--method", "guided")
     assert "sub.parquet" in err
+
+
+@pytest.mark.parametrize("scheme", ["", "ray://"])
+def test_a_cluster_address_where_nothing_listens_is_refused_at_once(tmp_path, images, capsys, scheme):
+    """Ray itself would retry for minutes; the job says so in one line, and makes no DEST."""
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    err = one_line_error(capsys, tmp_path / "images", "--out", tmp_path / "out", "--engine", "ray",
+                         "--address", f"{scheme}127.0.0.1:{port}")
+    assert f"nothing answers at 127.0.0.1:{port}" in err and "ray start --head" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_address_that_is_not_host_and_port_is_refused(tmp_path, images, capsys):
+    err = one_line_error(capsys, tmp_path / "images", "--out", tmp_path / "out", "--engine", "ray",
+                         "--address", "headnode")
+    assert "expected auto, HOST:PORT or ray://HOST:PORT" in err
+    assert not (tmp_path / "out").exists()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import socket
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -77,12 +78,33 @@ def connect(address: str | None) -> Any:
     """The ``ray`` module, joined to the cluster at ``address`` (or to a new local one) unless already joined."""
     ray = require_ray()
     if not ray.is_initialized():
+        _check_listening(address)
         try:
             ray.init(address=address or "local", include_dashboard=False, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise SaliencyError(f"cannot join the Ray cluster at {address or 'a new local one'}: "
                                 f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     return ray
+
+
+PROBE_SECONDS = 5.0
+"""How long a cluster's address may take to accept a connection before the job is refused."""
+
+
+def _check_listening(address: str | None) -> None:
+    """One clear error where nothing listens at a ``HOST:PORT`` or ``ray://HOST:PORT`` address (Ray itself would
+    keep retrying for minutes). ``auto`` and a new local Ray need no probe: Ray finds or starts those itself."""
+    if not address or address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[1] if address.startswith("ray://") else address
+    host, _, port = hostport.rstrip("/").rpartition(":")
+    if not host or not port.isdigit():
+        raise SaliencyError(f"--address {address}: expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_SECONDS).close()
+    except OSError as exc:
+        raise SaliencyError(f"cannot join the Ray cluster at {address}: nothing answers at {host}:{port} "
+                            f"({exc.strerror or exc}); start one there with `ray start --head`") from None
 
 
 def run_ray(spec: JobSpec, loaded: LoadedModel, sources: Sequence[Source], store: Store, shard_size: int,

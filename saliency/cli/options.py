@@ -177,8 +177,8 @@ def add_engine_options(p: argparse.ArgumentParser, local: str, actors: str, gpus
     cluster.add_argument("--engine", choices=ENGINES, default="local",
                          help=f"local: {local}; ray: Ray Data (pip install 'saliency[ray]') (default: local)")
     cluster.add_argument("--address", metavar="ADDRESS",
-                         help="--engine ray: the cluster to join, 'auto' or ray://HOST:PORT (default: start a "
-                              "local Ray)")
+                         help="--engine ray: the cluster to join, 'auto', HOST:PORT or ray://HOST:PORT (default: "
+                              "start a local Ray)")
     cluster.add_argument("--workers", type=positive_int, default=1, metavar="N",
                          help=f"--engine ray: {actors}, each loading the model once (default: 1)")
     if gpus:
