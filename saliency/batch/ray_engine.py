@@ -132,7 +132,7 @@ def run_ray(spec: JobSpec, loaded: LoadedModel, sources: Sequence[Source], store
                                              "base": os.getcwd()})  # a worker's own folder is not the driver's
     summaries = decoded.map_batches(
         _Explainer, batch_size=shard_size, batch_format="pyarrow",
-        fn_constructor_kwargs={"spec": spec, "dest": _absolute(store.dest), "job": store.job, "gpus": gpus_per_worker,
+        fn_constructor_kwargs={"spec": spec, "dest": store.location, "job": store.job, "gpus": gpus_per_worker,
                                "threads": torch_threads(cpus, workers), "shared": shared},
         compute=ray.data.ActorPoolStrategy(size=workers),
         **model_actor_options(cpus, workers, gpus_per_worker))  # restarted after a lost node,
@@ -182,11 +182,6 @@ def _reason(exc: BaseException) -> str:
 def _kinds(kind: type) -> list[type]:
     """``kind`` and every subclass of it."""
     return [kind, *(sub for direct in kind.__subclasses__() for sub in _kinds(direct))]
-
-
-def _absolute(dest: str) -> str:
-    """DEST as every worker must see it: a local path made absolute (a worker's own folder is not the driver's)."""
-    return dest if "://" in dest else os.path.abspath(dest)
 
 
 def prepare_actor(threads: int) -> None:

@@ -62,6 +62,12 @@ class Store:
         self._lock = None
         self.map_columns = tuple(f"map_{m}" for m in job["methods"])
 
+    @property
+    def location(self) -> str:
+        """DEST as any other process must name it: a URI as given, a local path made absolute (a worker's
+        own folder is not this one's)."""
+        return self.dest if "://" in self.dest else self.root
+
     def open(self) -> None:
         """Create DEST if needed, hold it for this job, check it holds this job (or nothing), and clear
         half-written temporary files."""
