@@ -396,3 +396,47 @@ def test_an_address_that_is_not_host_and_port_is_refused(tmp_path, images, capsy
                          "--address", "headnode")
     assert "expected auto, HOST:PORT or ray://HOST:PORT" in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.timeout(120)
+def test_a_cluster_that_wants_a_token_this_driver_lacks_is_refused_at_once(tmp_path, images, capsys, monkeypatch):
+    """Ray's driver would retry for 20 seconds and print a line a second; the job says what to set, in one line."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import uuid
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    environment = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="token",
+                       RAY_AUTH_TOKEN=uuid.uuid4().hex)
+    head = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", "--block",
+                             f"--port={port}", "--num-cpus=1", "--num-gpus=0", "--include-dashboard=false",
+                             "--node-ip-address=127.0.0.1", "--disable-usage-stats"],
+                            env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert head.poll() is None, "the Ray head did not start"
+                time.sleep(0.5)
+        monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+        started = time.monotonic()
+        err = one_line_error(capsys, tmp_path / "images", "--out", tmp_path / "out", "--engine", "ray",
+                             "--address", f"127.0.0.1:{port}")
+        assert "InvalidAuthToken" in err and "RAY_AUTH_MODE=token" in err and time.monotonic() - started < 10
+        assert not (tmp_path / "out").exists()
+    finally:
+        if head.poll() is None:
+            os.killpg(head.pid, signal.SIGTERM)  # --block: the head stops what it started
+            try:
+                head.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(head.pid, signal.SIGKILL)

@@ -12,12 +12,14 @@ Ray retries after losing a node rewrites the same shard instead of adding a seco
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import socket
+import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from saliency.batch.local import Progress
@@ -83,8 +85,17 @@ def connect(address: str | None) -> Any:
             ray.init(address=address or "local", include_dashboard=False, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise SaliencyError(f"cannot join the Ray cluster at {address or 'a new local one'}: "
-                                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+                                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                                f"{_token_hint(address)}") from None
     return ray
+
+
+def _token_hint(address: str | None) -> str:
+    """What to try where a cluster may have refused this driver for want of Ray's authentication token."""
+    if not address or os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+        return ""
+    return ("; a cluster that uses token authentication (what `ray start` turns on where a token exists) needs "
+            "RAY_AUTH_MODE=token here, and its token in RAY_AUTH_TOKEN or ~/.ray/auth_token")
 
 
 PROBE_SECONDS = 5.0
@@ -92,8 +103,9 @@ PROBE_SECONDS = 5.0
 
 
 def _check_listening(address: str | None) -> None:
-    """One clear error where nothing listens at a ``HOST:PORT`` or ``ray://HOST:PORT`` address (Ray itself would
-    keep retrying for minutes). ``auto`` and a new local Ray need no probe: Ray finds or starts those itself."""
+    """One clear error where nothing listens at a ``HOST:PORT`` or ``ray://HOST:PORT`` address, or where the cluster
+    there refuses this driver for want of its token (Ray itself would keep retrying for seconds to minutes).
+    ``auto`` and a new local Ray need no probe: Ray finds or starts those itself."""
     if not address or address in ("auto", "local"):
         return
     hostport = address.split("://", 1)[1] if address.startswith("ray://") else address
@@ -105,6 +117,41 @@ def _check_listening(address: str | None) -> None:
     except OSError as exc:
         raise SaliencyError(f"cannot join the Ray cluster at {address}: nothing answers at {host}:{port} "
                             f"({exc.strerror or exc}); start one there with `ray start --head`") from None
+    if not address.startswith("ray://"):
+        _check_token(address)
+
+
+def _check_token(address: str) -> None:
+    """Ask the cluster's control store whether it takes this driver (Ray's own client does that in milliseconds,
+    where ``ray.init`` retries for 20 seconds); any other answer, or a Ray without that client, is left to
+    ``ray.init``."""
+    try:
+        from ray._raylet import GcsClient
+        from ray.exceptions import AuthenticationError
+    except ImportError:
+        return
+    try:
+        with _native_stderr_silenced():  # Ray's C++ client logs each refusal there too
+            GcsClient(address=address)
+    except AuthenticationError as exc:
+        raise SaliencyError(f"cannot join the Ray cluster at {address}: {str(exc).split('. ')[0]}"
+                            f"{_token_hint(address)}") from None
+    except Exception:  # noqa: BLE001 - not ours to judge: ray.init says what is wrong
+        return
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 pointed at the null device for a moment (native code writes there, not to ``sys.stderr``)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def run_ray(spec: JobSpec, loaded: LoadedModel, sources: Sequence[Source], store: Store, shard_size: int,
