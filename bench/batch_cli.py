@@ -34,7 +34,7 @@ from pathlib import Path
 
 from batch import TARGET_RAY, model_options, write_images  # bench/batch.py
 
-SALIENCY = [sys.executable, "-m", "saliency"]
+SALIENCY = [str(Path(sys.executable).with_name("saliency"))]  # the installed command
 
 
 def free_port() -> int:

@@ -181,7 +181,8 @@ def run_ray(spec: JobSpec, loaded: LoadedModel, sources: Sequence[Source], store
         _Explainer, batch_size=shard_size, batch_format="pyarrow",
         fn_constructor_kwargs={"spec": spec, "dest": store.location, "job": store.job, "gpus": gpus_per_worker,
                                "threads": torch_threads(cpus, workers), "shared": shared},
-        compute=ray.data.ActorPoolStrategy(size=workers),
+        compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),  # a shard queued on
+        # a busy actor would wait there while another actor idles: at 2 shards and 2 workers, one did both
         **model_actor_options(cpus, workers, gpus_per_worker))  # restarted after a lost node,
     # and their calls retried, by Ray Data's defaults (max_restarts=-1, max_task_retries=-1)
     explained, failed = 0, []
