@@ -12,14 +12,14 @@ Ray retries after losing a node rewrites the same shard instead of adding a seco
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
 import socket
+import subprocess
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from saliency.batch.local import Progress
@@ -121,37 +121,38 @@ def _check_listening(address: str | None) -> None:
         _check_token(address)
 
 
+TOKEN_PROBE = """
+import sys
+try:
+    from ray._raylet import GcsClient
+    from ray.exceptions import AuthenticationError
+except ImportError:
+    sys.exit(0)
+try:
+    GcsClient(address=sys.argv[1])
+except AuthenticationError as exc:
+    print(str(exc).split(". ")[0])
+    sys.exit(3)
+except Exception:
+    pass
+"""
+"""Asks the control store at ``argv[1]`` whether it takes this driver; exit status 3 and Ray's reason where it
+wants a token this process lacks."""
+
+
 def _check_token(address: str) -> None:
-    """Ask the cluster's control store whether it takes this driver (Ray's own client does that in milliseconds,
-    where ``ray.init`` retries for 20 seconds); any other answer, or a Ray without that client, is left to
-    ``ray.init``."""
+    """Ask the cluster's control store whether it takes this driver: Ray's own client answers in milliseconds,
+    where ``ray.init`` retries for 20 seconds and logs a line a second. The probe runs in a child process
+    (Ray's client logs there, and a port that is not Ray's can keep it waiting: it is stopped after
+    :data:`PROBE_SECONDS`); any other answer is left to ``ray.init``."""
     try:
-        from ray._raylet import GcsClient
-        from ray.exceptions import AuthenticationError
-    except ImportError:
+        probe = subprocess.run([sys.executable, "-c", TOKEN_PROBE, address], capture_output=True, text=True,
+                               timeout=PROBE_SECONDS)
+    except (OSError, subprocess.TimeoutExpired):
         return
-    try:
-        with _native_stderr_silenced():  # Ray's C++ client logs each refusal there too
-            GcsClient(address=address)
-    except AuthenticationError as exc:
-        raise SaliencyError(f"cannot join the Ray cluster at {address}: {str(exc).split('. ')[0]}"
-                            f"{_token_hint(address)}") from None
-    except Exception:  # noqa: BLE001 - not ours to judge: ray.init says what is wrong
-        return
-
-
-@contextlib.contextmanager
-def _native_stderr_silenced() -> Iterator[None]:
-    """File descriptor 2 pointed at the null device for a moment (native code writes there, not to ``sys.stderr``)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    if probe.returncode == 3:
+        reason = probe.stdout.strip().splitlines()[-1] if probe.stdout.strip() else "authentication failed"
+        raise SaliencyError(f"cannot join the Ray cluster at {address}: {reason}{_token_hint(address)}")
 
 
 def run_ray(spec: JobSpec, loaded: LoadedModel, sources: Sequence[Source], store: Store, shard_size: int,
