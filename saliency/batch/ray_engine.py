@@ -4,10 +4,11 @@ Thin glue: the stages are :func:`~saliency.batch.decoding.decode` (in tasks that
 :func:`~saliency.batch.work.explain_decoded`, as in the local engine. The driver's loaded model
 goes to every actor through Ray's object store: all actors explain with the same weights (also
 random or factory-initialised ones), and worker nodes need neither the weights file nor the
-network. Each actor call takes one
-shard's sources and writes that shard itself (atomically, named by its sources), so a task that
-Ray retries after losing a node rewrites the same shard instead of adding a second copy; Ray's own
-``write_parquet`` writes files in place, where a killed worker can leave half a file.
+network. Each actor call takes one shard's sources and writes that shard itself (atomically, named
+by its sources), so a task that Ray retries after losing a node rewrites the same shard instead of
+adding a second copy; Ray's own ``write_parquet`` writes files in place, where a killed worker can
+leave half a file. An actor holds one shard at a time: a shard queued behind a busy actor would wait
+there while another actor idles.
 """
 
 from __future__ import annotations
