@@ -100,7 +100,8 @@ def _token_hint(address: str | None) -> str:
 
 
 PROBE_SECONDS = 5.0
-"""How long a cluster's address may take to accept a connection before the job is refused."""
+"""How long a cluster's address may take to accept a connection before the job is refused, and how long its
+control store may take to say whether it takes this driver before ``ray.init`` is left to find out."""
 
 
 def _check_listening(address: str | None) -> None:
